@@ -1,0 +1,7 @@
+"""Callbacks shared by every paper."""
+
+from odelab.callbacks.control import RNGStateCallback, StopAfterEpochs
+from odelab.callbacks.results import ResultsWriter, load_reference
+from odelab.callbacks.timing import EpochTimer
+
+__all__ = ["EpochTimer", "RNGStateCallback", "ResultsWriter", "StopAfterEpochs", "load_reference"]

@@ -1,0 +1,30 @@
+"""Datamodules (CIFAR-10/100, MNIST, embedded MNIST-5k), batch transforms, download + verify."""
+
+from odelab.data.base import EpochSeededRandomSampler, ImageClassificationDataModule
+from odelab.data.cifar import CIFAR10DataModule, CIFAR100DataModule
+from odelab.data.download import download_url, extract_archive, md5sum
+from odelab.data.errors import DatasetError
+from odelab.data.mnist import MNIST5kDataModule, MNISTDataModule, read_idx
+from odelab.data.sources import CIFAR10, CIFAR100, MNIST, Source
+from odelab.data.transforms import crop_flip, normalize, random_crop_flip
+
+__all__ = [
+    "CIFAR10",
+    "CIFAR100",
+    "MNIST",
+    "CIFAR10DataModule",
+    "CIFAR100DataModule",
+    "DatasetError",
+    "EpochSeededRandomSampler",
+    "ImageClassificationDataModule",
+    "MNIST5kDataModule",
+    "MNISTDataModule",
+    "Source",
+    "crop_flip",
+    "download_url",
+    "extract_archive",
+    "md5sum",
+    "normalize",
+    "random_crop_flip",
+    "read_idx",
+]

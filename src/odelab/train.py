@@ -1,0 +1,154 @@
+"""compose -> instantiate -> fit -> test: the one path every run takes.
+
+This module never knows which paper it runs: everything paper-specific is config.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+from odelab.utils.config import configure_wandb_env, register_resolvers, to_container
+
+log = logging.getLogger("odelab.train")
+register_resolvers()
+
+
+def instantiate_all(cfg: DictConfig) -> dict[str, Any]:
+    """Build datamodule, LightningModule, callbacks, loggers and Trainer from ``cfg``."""
+    import lightning.pytorch as pl
+
+    objects: dict[str, Any] = {}
+    objects["datamodule"] = hydra.utils.instantiate(cfg.data)
+    objects["model"] = hydra.utils.instantiate(cfg.model)
+    callbacks = []
+    for name, node in (cfg.get("callbacks") or {}).items():
+        if node is not None and "_target_" in node:
+            callbacks.append(hydra.utils.instantiate(node))
+        elif node is not None:
+            raise ValueError(f"callbacks.{name} has no _target_; every callback node needs one")
+    objects["callbacks"] = callbacks
+    objects["loggers"] = _loggers(cfg)
+    objects["trainer"] = hydra.utils.instantiate(
+        cfg.trainer, callbacks=callbacks, logger=objects["loggers"] or False
+    )
+    assert isinstance(objects["trainer"], pl.Trainer)
+    return objects
+
+
+def _loggers(cfg: DictConfig) -> list:
+    """Instantiate loggers; a W&B logger that cannot start falls back to offline, never crashes."""
+    loggers = []
+    for name, node in (cfg.get("logger") or {}).items():
+        if node is None or "_target_" not in node:
+            continue
+        if "wandb" in node._target_.lower():
+            mode = configure_wandb_env()
+            Path(node.get("save_dir", ".")).mkdir(parents=True, exist_ok=True)
+            try:
+                logger = hydra.utils.instantiate(node)
+                _ = logger.experiment  # start the run now, inside this guard
+            except Exception as e:
+                log.warning("W&B (%s) could not start (%s); continuing offline", mode, e)
+                os.environ["WANDB_MODE"] = "offline"
+                try:
+                    logger = hydra.utils.instantiate(node, offline=True)
+                    _ = logger.experiment
+                except Exception as e2:
+                    log.warning("W&B offline failed too (%s); running without W&B", e2)
+                    continue
+            loggers.append(logger)
+        else:
+            loggers.append(hydra.utils.instantiate(node))
+        log.info("logger %s: %s", name, type(loggers[-1]).__name__)
+    return loggers
+
+
+def _finish_wandb() -> None:
+    try:
+        import sys
+
+        if "wandb" in sys.modules:
+            import wandb
+
+            if wandb.run is not None:
+                wandb.finish()
+    except Exception as e:  # never let W&B turn a result into a crash
+        log.warning("wandb.finish failed: %s", e)
+
+
+def _metric(trainer, name: str) -> float | None:
+    v = trainer.callback_metrics.get(name)
+    return None if v is None else float(v)
+
+
+def run(cfg: DictConfig) -> float | None:
+    """Train and test as ``cfg`` says; return the monitored metric (for sweeps)."""
+    import lightning.pytorch as pl
+
+    if cfg.get("seed") is not None:
+        pl.seed_everything(cfg.seed, workers=True)
+    out = Path(cfg.paths.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    objs: dict[str, Any] = {}
+    try:
+        objs = instantiate_all(cfg)
+        trainer, model, dm = objs["trainer"], objs["model"], objs["datamodule"]
+        resolved = to_container(cfg)
+        for cb in objs["callbacks"]:
+            if hasattr(cb, "on_run_config"):
+                cb.on_run_config(resolved)
+        for lg in objs["loggers"]:
+            lg.log_hyperparams(resolved)
+        score = None
+        if cfg.get("train", True):
+            trainer.fit(model, datamodule=dm, ckpt_path=cfg.get("ckpt_path"))
+            ckpt = trainer.checkpoint_callback
+            best = getattr(ckpt, "best_model_score", None) if ckpt else None
+            score = float(best) if best is not None else _metric(trainer, cfg.monitor)
+        if cfg.get("test", True):
+            trainer.test(model, datamodule=dm, ckpt_path=_test_ckpt(cfg, trainer))
+            if score is None:
+                score = _metric(trainer, cfg.monitor)
+        log.info("done in %.1f s; outputs in %s", time.perf_counter() - t0, out)
+        return score
+    except Exception:
+        log.exception("run failed; outputs so far are in %s", out)
+        raise
+    finally:
+        _finish_wandb()
+
+
+def _test_ckpt(cfg: DictConfig, trainer) -> str | None:
+    """``test_ckpt``: ``best`` (the monitored best), ``last`` (final weights) or a path."""
+    choice = cfg.get("test_ckpt", "best")
+    if not cfg.get("train", True):
+        return cfg.get("ckpt_path")
+    if choice == "last":
+        return None  # the weights in memory are the final epoch's
+    if choice == "best":
+        ckpt = trainer.checkpoint_callback
+        path = getattr(ckpt, "best_model_path", "") if ckpt else ""
+        if not path:
+            log.warning("no best checkpoint (checkpointing off, e.g. fast_dev_run); testing last")
+            return None
+        return path
+    return choice
+
+
+@hydra.main(
+    version_base="1.3",
+    config_path=str(Path(__file__).resolve().parents[2] / "conf"),
+    config_name="config",
+)
+def main(cfg: DictConfig) -> float | None:
+    if cfg.get("print_config"):
+        log.info("\n%s", OmegaConf.to_yaml(cfg, resolve=True))
+    return run(cfg)

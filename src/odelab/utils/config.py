@@ -1,0 +1,45 @@
+"""Config helpers: resolvers, the experiment name, and the W&B environment."""
+
+from __future__ import annotations
+
+import netrc
+import os
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+REPO_ROOT = Path(__file__).resolve().parents[3]
+CONFIG_DIR = REPO_ROOT / "conf"
+
+
+def register_resolvers() -> None:
+    """``${odelab_root:}`` is the checkout (where ``run.py`` and ``conf/`` live)."""
+    if not OmegaConf.has_resolver("odelab_root"):
+        OmegaConf.register_new_resolver("odelab_root", lambda: str(REPO_ROOT))
+
+
+def wandb_has_credentials() -> bool:
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    try:
+        auth = netrc.netrc().authenticators("api.wandb.ai")
+    except (FileNotFoundError, netrc.NetrcParseError, OSError):
+        return False
+    return bool(auth and auth[2])
+
+
+def configure_wandb_env() -> str:
+    """Default W&B to offline when no API key is set; never prompt. Returns the mode in force."""
+    os.environ.setdefault("WANDB_SILENT", "true")
+    os.environ.setdefault("WANDB_CONSOLE", "off")
+    if "WANDB_MODE" not in os.environ and not wandb_has_credentials():
+        os.environ["WANDB_MODE"] = "offline"
+    return os.environ.get("WANDB_MODE", "online")
+
+
+def experiment_list() -> list[str]:
+    return sorted(p.stem for p in (CONFIG_DIR / "experiment").glob("*.yaml"))
+
+
+def to_container(cfg: DictConfig) -> dict:
+    return OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)

@@ -1,0 +1,65 @@
+"""Shared fixtures: compose the real configs, force CPU and tiny limits, never the network."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+CONF = ROOT / "conf"
+os.environ["WANDB_MODE"] = "offline"  # no account, no network
+os.environ.setdefault("WANDB_SILENT", "true")
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+def shared_data_dir() -> Path | None:
+    """The local copies of real datasets (``../shared/data``), or None where they are absent."""
+    path = Path(os.environ.get("ODELAB_SHARED_DATA", ROOT.parent / "shared" / "data"))
+    return path if path.is_dir() else None
+
+
+@pytest.fixture(autouse=True)
+def _isolate(tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path / "wandb"))
+    monkeypatch.setenv("WANDB_CACHE_DIR", str(tmp_path / "wandb_cache"))
+    monkeypatch.setenv("WANDB_CONFIG_DIR", str(tmp_path / "wandb_config"))
+    monkeypatch.setenv("ODELAB_LOG_DIR", str(tmp_path / "logs"))
+
+
+def compose(overrides: list[str], output_dir: Path):
+    """Compose ``conf/config.yaml`` as ``run.py`` does, with HydraConfig set for interpolation."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import open_dict
+
+    import odelab.train  # noqa: F401  (registers the resolvers)
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(version_base="1.3", config_dir=str(CONF)):
+        cfg = hydra_compose("config", overrides=overrides, return_hydra_config=True)
+    HydraConfig.instance().set_config(cfg)
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(output_dir)
+        del cfg["hydra"]
+    return cfg
+
+
+@pytest.fixture
+def run_experiment(tmp_path):
+    """Run ``odelab.train.run`` in-process on composed overrides; return (score, output_dir)."""
+    from odelab.train import run
+
+    counter = iter(range(1000))
+
+    def _run(overrides: list[str], name: str | None = None):
+        out = tmp_path / (name or f"run{next(counter)}")
+        cfg = compose(overrides, out)
+        return run(cfg), out
+
+    return _run

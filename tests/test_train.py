@@ -1,0 +1,252 @@
+"""The run path: every experiment runs, seeds, resume, results.json, W&B offline, clear errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import CONF, ROOT
+
+# Every file in conf/experiment/ must be listed here (test_every_experiment_is_covered).
+EXPERIMENTS = [
+    "lm_resnet_mnist",
+    "lm_resnet20_cifar10",
+    "lm_resnet32_cifar10",
+    "lm_resnet44_cifar10",
+    "lm_resnet56_cifar10",
+    "lm_resnet110_cifar10",
+    "lm_resnet164_cifar10",
+    "resnet20_cifar10",
+    "resnet32_cifar10",
+    "resnet44_cifar10",
+    "resnet56_cifar10",
+    "resnet110_cifar10",
+    "lm_resnet56_sd_cifar10",
+    "lm_resnet110_sd_cifar10",
+    "lm_resnet164_cifar100",
+]
+
+# A small but real run of the default experiment: 2 epochs on a slice of MNIST-5k.
+TINY = [
+    "experiment=lm_resnet_mnist",
+    "logger=csv",
+    "data.train_subset=256",
+    "data.test_subset=128",
+    "data.val_size=64",
+    "data.batch_size=32",
+    "model.net.depth=14",
+    "model.net.widths=[4,8,8]",
+    "trainer.max_epochs=2",
+    "trainer.accelerator=cpu",
+]
+
+
+def results(out: Path) -> dict:
+    return json.loads((out / "results.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory):
+    """CIFAR-10 and CIFAR-100 written in their canonical formats, a few images per batch."""
+    from canonical_data import write_cifar10, write_cifar100
+
+    root = tmp_path_factory.mktemp("data")
+    write_cifar10(root, n_per_batch=10)
+    write_cifar100(root, n_train=20, n_test=10)
+    return root
+
+
+def test_every_experiment_is_covered():
+    files = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
+    assert sorted(EXPERIMENTS) == files, "add new experiment files to EXPERIMENTS"
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_experiment_fast_dev_run(experiment, run_experiment, tiny_data):
+    overrides = [
+        f"experiment={experiment}",
+        "debug=fdr",
+        "logger=csv",
+        f"paths.data_dir={tiny_data}",
+        "data.batch_size=4",
+    ]
+    _, out = run_experiment(overrides)
+    res = results(out)
+    assert res["status"] == "finished"
+    assert res["experiment"] == experiment and res["paper"] == "lm_resnet"
+    assert 0.0 <= res["metrics"]["test/acc"] <= 1.0
+    assert res["config"]["trainer"]["fast_dev_run"] is True
+
+
+def test_seed_zero_is_honoured_and_deterministic(run_experiment):
+    a = results(run_experiment([*TINY, "seed=0"])[1])
+    b = results(run_experiment([*TINY, "seed=0"])[1])
+    c = results(run_experiment([*TINY, "seed=1"])[1])
+    assert a["seed"] == 0 and a["config"]["seed"] == 0
+
+    def learned(r):  # everything but wall-clock timings
+        return {k: v for k, v in r["metrics"].items() if not k.startswith("time/")}
+
+    assert learned(a) == learned(b)
+    assert a["k"] == b["k"]
+    assert a["metrics"]["train/loss"] != c["metrics"]["train/loss"]
+
+
+def test_resume_reaches_the_uninterrupted_epoch_two_metrics(run_experiment):
+    common = [*TINY, "seed=3", "test_ckpt=last"]
+    _, full = run_experiment(common, name="full")
+    _, first = run_experiment(
+        [
+            *common,
+            "+callbacks.stop._target_=odelab.callbacks.StopAfterEpochs",
+            "+callbacks.stop.epochs=1",
+        ],
+        name="first",
+    )
+    assert results(first)["epochs"] == 1  # stopped after one epoch of two
+    last = first / "checkpoints" / "last.ckpt"
+    assert last.is_file()
+    _, resumed = run_experiment([*common, f"ckpt_path={last}"], name="resumed")
+    a, b = results(full), results(resumed)
+    assert b["global_step"] == a["global_step"]
+    for key in ("train/loss", "train/acc", "val/loss", "val/acc", "test/acc", "test/loss"):
+        assert b["metrics"][key] == a["metrics"][key], key
+    assert b["k"] == a["k"]
+
+
+def test_results_json_contract(run_experiment, tiny_data):
+    _, out = run_experiment(
+        [
+            "experiment=lm_resnet20_cifar10",
+            "debug=limit",
+            "logger=csv",
+            f"paths.data_dir={tiny_data}",
+            "data.batch_size=8",
+            "model.net.widths=[4,8,8]",
+        ]
+    )
+    res = results(out)
+    for key in (
+        "experiment",
+        "paper",
+        "seed",
+        "metrics",
+        "reference",
+        "config",
+        "hardware",
+        "wall_time_s",
+        "git_commit",
+        "status",
+        "dataset",
+    ):
+        assert key in res, key
+    assert res["status"] == "finished" and res["dataset"] == "cifar10"
+    ref = res["reference"]["test/error"]
+    assert ref["value"] == pytest.approx(8.33) and ref["flag"] and ref["source"]
+    assert res["metrics"]["test/error"] == pytest.approx(100 * (1 - res["metrics"]["test/acc"]))
+    assert res["hardware"]["accelerator"] == "cpu"
+    assert res["config"]["model"]["net"]["depth"] == 20
+    assert (out / "checkpoints" / "last.ckpt").is_file()
+    assert set(res["k"]) == {"1", "2", "4", "5", "7", "8"}
+
+
+def test_wandb_offline_run_and_results_table(run_experiment, monkeypatch):
+    monkeypatch.delenv("WANDB_MODE", raising=False)  # no API key -> offline by default
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("HOME", str(Path(os.environ["WANDB_DIR"]).parent))  # no ~/.netrc
+    _, out = run_experiment([*[o for o in TINY if o != "logger=csv"], "logger=wandb"])
+    runs = list((out / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1, list(out.rglob("*"))
+    assert list(runs[0].glob("run-*.wandb"))
+    tables = list(runs[0].glob("files/media/table/results/*.table.json"))
+    assert tables, list(runs[0].rglob("*"))
+    table = json.loads(tables[0].read_text())
+    assert table["columns"] == ["metric", "ours", "paper", "delta", "flag", "source"]
+    assert results(out)["status"] == "finished"
+
+
+def test_impossible_config_is_a_clear_error(run_experiment):
+    with pytest.raises(
+        ValueError, match="impossible config.*in_channels=1.*model.net.in_channels"
+    ):
+        run_experiment([*TINY, "model.net.in_channels=3", "train=true"])
+    with pytest.raises(Exception, match="depth=15 is impossible"):
+        run_experiment([*TINY, "model.net.depth=15"])
+
+
+def _cli(*args: str, cwd: Path = ROOT, timeout: int = 300) -> subprocess.CompletedProcess:
+    env = {**os.environ, "WANDB_MODE": "offline", "HYDRA_FULL_ERROR": "0"}
+    return subprocess.run(
+        [sys.executable, "run.py", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+    )
+
+
+def test_cli_help_lists_the_experiments():
+    p = _cli("--help")
+    assert p.returncode == 0, p.stderr
+    for name in EXPERIMENTS:
+        assert name in p.stdout
+
+
+@pytest.mark.parametrize(
+    "override,needle",
+    [
+        ("experiment=no_such_experiment", "no_such_experiment"),
+        ("trainer=no_such_trainer", "no_such_trainer"),
+        ("model.net.no_such_key=1", "no_such_key"),
+    ],
+)
+def test_cli_unknown_names_fail_before_work_and_list_choices(override, needle, tmp_path):
+    p = _cli(override, f"hydra.run.dir={tmp_path / 'run'}")
+    assert p.returncode != 0
+    assert needle in p.stderr
+    if "=" in override and not override.startswith("model"):
+        assert "lm_resnet56_cifar10" in p.stderr or "ddp_cpu" in p.stderr
+    assert not (tmp_path / "run").exists()  # failed before any work
+
+
+def test_cli_sweep_with_seed_zero(tmp_path):
+    p = _cli(
+        "-m",
+        "experiment=lm_resnet_mnist",
+        "seed=0,1",
+        "debug=fdr",
+        "logger=csv",
+        "data.train_subset=64",
+        "data.test_subset=32",
+        "data.val_size=16",
+        f"hydra.sweep.dir={tmp_path}",
+    )
+    assert p.returncode == 0, p.stderr[-3000:]
+    found = sorted(tmp_path.glob("*/results.json"))
+    assert len(found) == 2
+    assert sorted(json.loads(f.read_text())["seed"] for f in found) == [0, 1]
+
+
+@pytest.mark.ddp
+def test_ddp_cpu_two_processes(tmp_path):
+    p = _cli(
+        "experiment=lm_resnet_mnist",
+        "trainer=ddp_cpu",
+        "debug=limit",
+        "logger=csv",
+        "data.train_subset=256",
+        "data.test_subset=64",
+        "data.val_size=64",
+        "model.net.widths=[4,8,8]",
+        f"hydra.run.dir={tmp_path}",
+    )
+    assert p.returncode == 0, p.stderr[-3000:]
+    res = results(tmp_path)
+    assert res["hardware"]["world_size"] == 2 and res["status"] == "finished"
+    assert res["epochs"] == 2  # debug=limit: two epochs
