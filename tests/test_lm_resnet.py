@@ -155,3 +155,14 @@ def test_lm_active_switch_holds_k_at_zero():
     torch.testing.assert_close(lm(x), plain(x))
     lm.lm_active = True
     assert not torch.allclose(lm(x), plain(x))
+
+
+@pytest.mark.parametrize("granularity", ["layer", "channel"])
+def test_lm_step_under_bf16_autocast(granularity):
+    """Mixed precision: the float32 k meets bf16 activations (a bug caught on a GPU)."""
+    m = LMResNet(depth=14, widths=(4, 8, 8), k_granularity=granularity)
+    x = torch.randn(2, 3, 16, 16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = m(x)
+    out.float().sum().backward()
+    assert all(k.grad is not None and k.grad.dtype == torch.float32 for k in m.ks.values())

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import CONF, ROOT
+from conftest import CONF, ROOT, compose
 
 # Every file in conf/experiment/ must be listed here (test_every_experiment_is_covered).
 EXPERIMENTS = [
@@ -250,3 +250,51 @@ def test_ddp_cpu_two_processes(tmp_path):
     res = results(tmp_path)
     assert res["hardware"]["world_size"] == 2 and res["status"] == "finished"
     assert res["epochs"] == 2  # debug=limit: two epochs
+
+
+def test_corrupt_dataset_fails_clearly_and_keeps_earlier_results(run_experiment, tmp_path):
+    from canonical_data import write_cifar10
+    from odelab.data import DatasetError
+    from odelab.train import run
+
+    root = tmp_path / "corrupt"
+    write_cifar10(root, n_per_batch=10)
+    test_batch = root / "cifar10" / "cifar-10-batches-py" / "test_batch"
+    test_batch.write_bytes(test_batch.read_bytes()[:1000])  # truncated download
+    out = tmp_path / "same_dir"
+    out.mkdir()
+    (out / "results.json").write_text('{"status": "finished", "note": "an earlier run"}')
+    cfg = compose(
+        ["experiment=lm_resnet20_cifar10", "debug=fdr", "logger=csv", f"paths.data_dir={root}"],
+        out,
+    )
+    with pytest.raises(DatasetError) as err:
+        run(cfg)
+    msg = str(err.value)
+    assert str(test_batch) in msg and "40351d587109b95175f43aff81a1287e" in msg
+    kept = [p for p in out.glob("results*.json") if "an earlier run" in p.read_text()]
+    assert kept, "the earlier results.json was lost"
+    assert results(out)["status"] == "failed"
+
+
+def _readme_run_commands() -> list[str]:
+    """Every ``python run.py ...`` line in the README's code blocks."""
+    cmds, in_code = [], False
+    for line in (ROOT / "README.md").read_text().splitlines():
+        if line.startswith("```"):
+            in_code = not in_code
+        elif in_code and line.strip().startswith("python run.py"):
+            cmds.append(line.split("#")[0].strip())
+    return cmds
+
+
+@pytest.mark.parametrize("command", _readme_run_commands())
+def test_readme_commands_compose(command, tmp_path):
+    """README commands never rot: each composes (``--cfg job``); the behaviours they promise
+    (resume, sweeps, fdr, DDP) are run for real by the tests above."""
+    args = [a for a in command.split()[2:] if a not in ("-m", "--multirun")]
+    args = [a.replace("<run_dir>", str(tmp_path)) for a in args]
+    args = [a.split("=")[0] + "=0" if a.startswith("seed=") else a for a in args]
+    p = _cli(*args) if "--help" in args else _cli(*args, "--cfg", "job", "--resolve")
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert "<" not in " ".join(args)

@@ -110,6 +110,7 @@ class ResultsWriter(pl.Callback):
         self._t0 = time.perf_counter()
         self._train_time = 0.0
         self._fit_t0: float | None = None
+        self._wrote = False
 
     def on_run_config(self, config: dict) -> None:
         """Receive the resolved run config (called by ``odelab.train``)."""
@@ -194,10 +195,20 @@ class ResultsWriter(pl.Callback):
             **self.extra,
         }
 
+    def _keep_previous(self) -> None:
+        """A ``results.json`` left by an earlier run in this directory is renamed, never lost."""
+        if self.path.exists() and not self._wrote:
+            stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(self.path.stat().st_mtime))
+            backup = self.path.with_name(f"{self.path.stem}.{stamp}{self.path.suffix}")
+            os.replace(self.path, backup)
+            log.info("earlier results kept as %s", backup)
+
     def write(self, trainer: pl.Trainer, status: str) -> None:
         if not trainer.is_global_zero:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._keep_previous()
+        self._wrote = True
         tmp = self.path.with_name(self.path.name + ".tmp")
         tmp.write_text(json.dumps(self.as_dict(trainer, status), indent=2, default=str) + "\n")
         os.replace(tmp, self.path)

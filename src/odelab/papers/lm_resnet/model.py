@@ -174,7 +174,7 @@ class LMResNet(nn.Module):
             if kind == "lm":
                 k = self.ks[str(i)]
                 k = k if self.lm_active else k * 0.0
-                base = torch.lerp(u, prev, k)  # (1 - k) u_n + k u_{n-1}, one fused kernel
+                base = torch.lerp(u, prev, k.to(u.dtype))  # (1-k) u_n + k u_{n-1}, fused
             else:
                 base = skip
             f = self._branch(i, u)
