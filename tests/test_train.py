@@ -83,6 +83,17 @@ def test_experiment_fast_dev_run(experiment, run_experiment, tiny_data):
     assert res["config"]["trainer"]["fast_dev_run"] is True
 
 
+@pytest.mark.parametrize("debug", sorted(p.stem for p in (CONF / "debug").glob("*.yaml")))
+def test_every_debug_mode_runs(debug, run_experiment):
+    overrides = [*TINY, f"debug={debug}"]
+    if debug == "overfit":
+        overrides.append("trainer.max_epochs=3")
+    _, out = run_experiment(overrides)
+    assert results(out)["status"] == "finished"
+    if debug == "profiler":
+        assert list(out.glob("*profile*")), list(out.iterdir())
+
+
 def test_seed_zero_is_honoured_and_deterministic(run_experiment):
     a = results(run_experiment([*TINY, "seed=0"])[1])
     b = results(run_experiment([*TINY, "seed=0"])[1])
@@ -298,3 +309,38 @@ def test_readme_commands_compose(command, tmp_path):
     p = _cli(*args) if "--help" in args else _cli(*args, "--cfg", "job", "--resolve")
     assert p.returncode == 0, p.stderr[-2000:]
     assert "<" not in " ".join(args)
+
+
+@pytest.mark.slow
+def test_default_experiment_reaches_90_percent(tmp_path):
+    """`make run` (``python run.py``): LM-ResNet-20 on MNIST-5k, >= 90% test accuracy."""
+    p = _cli("logger=csv", f"hydra.run.dir={tmp_path}", timeout=900)
+    assert p.returncode == 0, p.stderr[-3000:]
+    res = results(tmp_path)
+    assert res["experiment"] == "lm_resnet_mnist" and res["status"] == "finished"
+    assert res["metrics"]["test/acc"] >= 0.90, res["metrics"]
+
+
+class UnreachableWandbLogger:
+    """Stands in for WandbLogger when the W&B server cannot be reached (online only)."""
+
+    def __init__(self, offline: bool = False, save_dir: str = "."):
+        self.offline = offline
+
+    @property
+    def experiment(self):
+        if not self.offline:
+            raise TimeoutError("context deadline exceeded")
+        return object()
+
+
+def test_unreachable_wandb_falls_back_to_offline(monkeypatch, tmp_path):
+    from omegaconf import OmegaConf
+
+    from odelab.train import _loggers
+
+    monkeypatch.setenv("WANDB_MODE", "online")
+    node = {"_target_": "test_train.UnreachableWandbLogger", "save_dir": str(tmp_path)}
+    loggers = _loggers(OmegaConf.create({"logger": {"wandb": node}}))
+    assert len(loggers) == 1 and loggers[0].offline
+    assert os.environ["WANDB_MODE"] == "offline"

@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,8 @@ from odelab.utils.config import configure_wandb_env, register_resolvers, to_cont
 
 log = logging.getLogger("odelab.train")
 register_resolvers()
+# lightning 2.6 on torch 2.13 warns about torch's own pytree API once per fit: noise, not news
+warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
 
 
 def instantiate_all(cfg: DictConfig) -> dict[str, Any]:
@@ -57,6 +60,7 @@ def _loggers(cfg: DictConfig) -> list:
             except Exception as e:
                 log.warning("W&B (%s) could not start (%s); continuing offline", mode, e)
                 os.environ["WANDB_MODE"] = "offline"
+                _reset_wandb()
                 try:
                     logger = hydra.utils.instantiate(node, offline=True)
                     _ = logger.experiment
@@ -68,6 +72,18 @@ def _loggers(cfg: DictConfig) -> list:
             loggers.append(hydra.utils.instantiate(node))
         log.info("logger %s: %s", name, type(loggers[-1]).__name__)
     return loggers
+
+
+def _reset_wandb() -> None:
+    """Drop a W&B session that failed to start, so the next one starts fresh (offline)."""
+    try:
+        import wandb
+
+        if wandb.run is not None:
+            wandb.finish(exit_code=1, quiet=True)
+        wandb.teardown()
+    except Exception as e:
+        log.warning("could not reset W&B: %s", e)
 
 
 def _finish_wandb() -> None:

@@ -32,6 +32,7 @@ def configure_wandb_env() -> str:
     """Default W&B to offline when no API key is set; never prompt. Returns the mode in force."""
     os.environ.setdefault("WANDB_SILENT", "true")
     os.environ.setdefault("WANDB_CONSOLE", "off")
+    os.environ.setdefault("WANDB_INIT_TIMEOUT", "20")  # then fall back to offline
     if "WANDB_MODE" not in os.environ and not wandb_has_credentials():
         os.environ["WANDB_MODE"] = "offline"
     return os.environ.get("WANDB_MODE", "online")
