@@ -178,7 +178,10 @@ def test_wandb_offline_run_and_results_table(run_experiment, monkeypatch):
     assert tables, list(runs[0].rglob("*"))
     table = json.loads(tables[0].read_text())
     assert table["columns"] == ["metric", "ours", "paper", "delta", "flag", "source"]
-    assert results(out)["status"] == "finished"
+    res = results(out)
+    assert res["status"] == "finished"
+    wb = res["config"]["logger"]["wandb"]
+    assert wb["group"] == "lm_resnet" and {"lm_resnet_mnist", "mnist5k"} <= set(wb["tags"])
 
 
 def test_impossible_config_is_a_clear_error(run_experiment):
@@ -229,6 +232,7 @@ def test_cli_unknown_names_fail_before_work_and_list_choices(override, needle, t
 def test_cli_sweep_with_seed_zero(tmp_path):
     p = _cli(
         "-m",
+        "hydra/launcher=local",
         "experiment=lm_resnet_mnist",
         "seed=0,1",
         "debug=fdr",
@@ -289,13 +293,15 @@ def test_corrupt_dataset_fails_clearly_and_keeps_earlier_results(run_experiment,
 
 
 def _readme_run_commands() -> list[str]:
-    """Every ``python run.py ...`` line in the README's code blocks."""
-    cmds, in_code = [], False
-    for line in (ROOT / "README.md").read_text().splitlines():
-        if line.startswith("```"):
-            in_code = not in_code
-        elif in_code and line.strip().startswith("python run.py"):
-            cmds.append(line.split("#")[0].strip())
+    """Every ``python run.py ...`` line in the code blocks of the READMEs."""
+    cmds = []
+    for readme in [ROOT / "README.md", *sorted(ROOT.glob("experiments/*/README.md"))]:
+        in_code = False
+        for line in readme.read_text().splitlines():
+            if line.startswith("```"):
+                in_code = not in_code
+            elif in_code and line.strip().startswith("python run.py"):
+                cmds.append(line.split("#")[0].strip())
     return cmds
 
 
@@ -305,7 +311,8 @@ def test_readme_commands_compose(command, tmp_path):
     (resume, sweeps, fdr, DDP) are run for real by the tests above."""
     args = [a for a in command.split()[2:] if a not in ("-m", "--multirun")]
     args = [a.replace("<run_dir>", str(tmp_path)) for a in args]
-    args = [a.split("=")[0] + "=0" if a.startswith("seed=") else a for a in args]
+    # a sweep composes like its first job
+    args = [a.split(",")[0] if "," in a and "[" not in a else a for a in args]
     p = _cli(*args) if "--help" in args else _cli(*args, "--cfg", "job", "--resolve")
     assert p.returncode == 0, p.stderr[-2000:]
     assert "<" not in " ".join(args)

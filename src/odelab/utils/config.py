@@ -6,7 +6,7 @@ import netrc
 import os
 from pathlib import Path
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 CONFIG_DIR = REPO_ROOT / "conf"
@@ -16,6 +16,17 @@ def register_resolvers() -> None:
     """``${odelab_root:}`` is the checkout (where ``run.py`` and ``conf/`` live)."""
     if not OmegaConf.has_resolver("odelab_root"):
         OmegaConf.register_new_resolver("odelab_root", lambda: str(REPO_ROOT))
+    if not OmegaConf.has_resolver("odelab_tags"):
+        OmegaConf.register_new_resolver("odelab_tags", merge_tags)
+
+
+def merge_tags(tags, *extra) -> ListConfig:
+    """``${odelab_tags:${tags},${experiment_name},${dataset}}``: one de-duplicated tag list."""
+    out: list[str] = []
+    for t in [*(tags or []), *extra]:
+        if t is not None and str(t) not in out:
+            out.append(str(t))
+    return ListConfig(out)  # a container, so OmegaConf.resolve can replace the node in place
 
 
 def wandb_has_credentials() -> bool:
