@@ -133,6 +133,11 @@ def run(cfg: DictConfig) -> float | None:
             trainer.test(model, datamodule=dm, ckpt_path=_test_ckpt(cfg, trainer))
             if score is None:
                 score = _metric(trainer, cfg.monitor)
+        for cb in objs["callbacks"]:
+            for r in getattr(cb, "rows", list)():
+                ours = "-" if r["ours"] is None else f"{r['ours']:.4g}"
+                paper = "none" if r["paper"] is None else f"{r['paper']:.4g} [{r['flag']}]"
+                log.info("%s: ours %s, paper %s", r["metric"], ours, paper)
         log.info("done in %.1f s; outputs in %s", time.perf_counter() - t0, out)
         return score
     except Exception:
