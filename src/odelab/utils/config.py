@@ -55,3 +55,37 @@ def experiment_list() -> list[str]:
 
 def to_container(cfg: DictConfig) -> dict:
     return OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)
+
+
+def unknown_key_hints(overrides: list[str]) -> list[str]:
+    """For ``a.b.c=v`` overrides naming a key the composed config lacks: what is valid there.
+
+    Hydra's own message names the key but not the alternatives; this runs only after a failed
+    composition, so it costs nothing on the normal path.
+    """
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    register_resolvers()
+    groups = {p.name for p in CONFIG_DIR.iterdir() if p.is_dir()}
+    choices, keys = [], []
+    for o in overrides:
+        if "=" not in o or o.startswith(("-", "+", "~")):
+            continue
+        key = o.split("=", 1)[0]
+        (choices if key in groups or "/" in key else keys).append((o, key))
+    try:
+        GlobalHydra.instance().clear()
+        with initialize_config_dir(version_base="1.3", config_dir=str(CONFIG_DIR)):
+            cfg = compose("config", overrides=[o for o, _ in choices])
+    except Exception:  # the group choices themselves are wrong: Hydra's message covers it
+        return []
+    hints = []
+    for _, key in keys:
+        parent, _, leaf = key.rpartition(".")
+        node = OmegaConf.select(cfg, parent) if parent else cfg
+        if isinstance(node, DictConfig) and leaf not in node:
+            valid = ", ".join(sorted(str(k) for k in node))
+            where = f"'{parent}'" if parent else "the top level"
+            hints.append(f"Unknown key '{leaf}' in {where}; valid keys there: {valid}")
+    return hints
