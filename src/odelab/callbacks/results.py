@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -39,8 +40,13 @@ def load_reference(reference_file: str | os.PathLike | None, experiment: str) ->
     return dict((data.get("settings") or {}).get(experiment, {}).get("metrics", {}) or {})
 
 
+@functools.cache
 def git_commit(root: Path = REPO_ROOT) -> str | None:
-    """HEAD of the checkout, with ``-dirty`` when there are uncommitted changes."""
+    """HEAD of the checkout, with ``-dirty`` when there are uncommitted changes.
+
+    Cached for the process: read when the first run starts, i.e. when its code was imported
+    (a sweep runs every job in one process), not when results are written.
+    """
     try:
         head = subprocess.run(
             ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10
@@ -111,6 +117,7 @@ class ResultsWriter(pl.Callback):
         self._train_time = 0.0
         self._fit_t0: float | None = None
         self._wrote = False
+        self.git_commit = git_commit()
 
     def on_run_config(self, config: dict) -> None:
         """Receive the resolved run config (called by ``odelab.train``)."""
@@ -191,7 +198,7 @@ class ResultsWriter(pl.Callback):
             "hardware": hardware(trainer),
             "wall_time_s": time.perf_counter() - self._t0,
             "train_time_s": self._train_time,
-            "git_commit": git_commit(),
+            "git_commit": self.git_commit,
             **self.extra,
         }
 
