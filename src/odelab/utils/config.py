@@ -49,10 +49,6 @@ def configure_wandb_env() -> str:
     return os.environ.get("WANDB_MODE", "online")
 
 
-def experiment_list() -> list[str]:
-    return sorted(p.stem for p in (CONFIG_DIR / "experiment").glob("*.yaml"))
-
-
 def to_container(cfg: DictConfig) -> dict:
     return OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)
 
