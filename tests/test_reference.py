@@ -44,3 +44,20 @@ def test_every_experiment_has_a_reference_entry():
         assert paper in papers, f"{exp.stem}: experiments/{paper}/reference.yaml is missing"
         settings = yaml.safe_load(papers[paper].read_text())["settings"]
         assert exp.stem in settings, f"{exp.stem}: no entry in {papers[paper]}"
+
+
+def test_kept_study_runs_rebuild_the_readme_table(capsys):
+    """The CPU-study records in experiments/lm_resnet/runs aggregate to the README's numbers."""
+    import importlib.util
+
+    path = ROOT / "experiments" / "lm_resnet" / "cpu_study_table.py"
+    spec = importlib.util.spec_from_file_location("cpu_study_table", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    mod.main(ROOT / "experiments" / "lm_resnet" / "runs" / "cpu_study")
+    out = capsys.readouterr().out
+    readme = (ROOT / "experiments" / "lm_resnet" / "README.md").read_text()
+    for line in out.splitlines():
+        if line.startswith(("| lm_resnet20", "| resnet20")):
+            mean_std = line.split("|")[3].strip()
+            assert mean_std in readme, mean_std

@@ -1,7 +1,8 @@
 """Summarise the CPU-scale study: test accuracy mean +- std over seeds, and the learned k_n.
 
 Usage: python experiments/lm_resnet/cpu_study_table.py [SWEEP_DIR]  (logs/lm_resnet_cpu_study)
-Reads every results.json below SWEEP_DIR (written by cpu_study.sh) and prints markdown tables.
+Reads the results.json files of a sweep, or the copies kept in
+experiments/lm_resnet/runs/cpu_study, and prints markdown tables.
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ from pathlib import Path
 
 def main(sweep: Path) -> None:
     runs = defaultdict(list)
-    for f in sorted(sweep.glob("*/results.json")):
+    # a sweep directory (<n>_<experiment>/results.json) or a folder of copies (<n>_<exp>.json)
+    for f in sorted([*sweep.glob("*/results.json"), *sweep.glob("*.json")]):
         r = json.loads(f.read_text())
         if r["status"] != "finished":
             print(f"skipped (status {r['status']}): {f}")
