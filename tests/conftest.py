@@ -15,10 +15,8 @@ os.environ.setdefault("WANDB_SILENT", "true")
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 
-def shared_data_dir() -> Path | None:
-    """The local copies of real datasets (``../shared/data``), or None where they are absent."""
-    path = Path(os.environ.get("ODELAB_SHARED_DATA", ROOT.parent / "shared" / "data"))
-    return path if path.is_dir() else None
+# The local copies of real datasets (``../shared/data``); tests that need them skip without.
+SHARED_DATA = Path(os.environ.get("ODELAB_SHARED_DATA", ROOT.parent / "shared" / "data"))
 
 
 @pytest.fixture(autouse=True)
@@ -32,17 +30,12 @@ def _isolate(tmp_path, monkeypatch):
 
 def compose(overrides: list[str], output_dir: Path):
     """Compose ``conf/config.yaml`` as ``run.py`` does, with HydraConfig set for interpolation."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
     from hydra.core.hydra_config import HydraConfig
     from omegaconf import open_dict
 
-    import odelab.train  # noqa: F401  (registers the resolvers)
+    from odelab.utils.config import compose_config
 
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(version_base="1.3", config_dir=str(CONF)):
-        cfg = hydra_compose("config", overrides=overrides, return_hydra_config=True)
+    cfg = compose_config(overrides, return_hydra_config=True)
     HydraConfig.instance().set_config(cfg)
     with open_dict(cfg):
         cfg.paths.output_dir = str(output_dir)

@@ -27,6 +27,7 @@ from canonical_data import (
     write_idx_gz,
     write_mnist,
 )
+from conftest import CONF, SHARED_DATA
 from odelab.data import (
     CIFAR10,
     MNIST,
@@ -46,14 +47,12 @@ from odelab.data import (
 )
 from odelab.data.base import mix_seed, split_indices
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("ODELAB_SHARED_DATA", REPO.parent / "shared" / "data"))
 CIFAR_DIR = "cifar10/cifar-10-batches-py"
 
 
 def shared(sub: str) -> Path:
     """A folder of the local real-data copies, or skip the test."""
-    path = SHARED / sub
+    path = SHARED_DATA / sub
     if not path.is_dir():
         pytest.skip(f"no local copy at {path} (set ODELAB_SHARED_DATA to the shared data folder)")
     return path
@@ -502,7 +501,7 @@ def test_data_configs_instantiate(name, cls, tmp_path):
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
 
-    node = OmegaConf.load(REPO / "conf" / "data" / f"{name}.yaml")
+    node = OmegaConf.load(CONF / "data" / f"{name}.yaml")
     cfg = OmegaConf.create({"paths": {"data_dir": str(tmp_path)}, "seed": 3, "data": node})
     dm = instantiate(cfg.data)
     assert type(dm) is cls and dm.seed == 3 and dm.data_dir == str(tmp_path)

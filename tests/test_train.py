@@ -269,7 +269,7 @@ def test_ddp_cpu_two_processes(tmp_path):
     assert res["epochs"] == 2  # debug=limit: two epochs
 
 
-def test_corrupt_dataset_fails_clearly_and_keeps_earlier_results(run_experiment, tmp_path):
+def test_corrupt_dataset_fails_clearly_and_keeps_earlier_results(tmp_path):
     from canonical_data import write_cifar10
     from odelab.data import DatasetError
     from odelab.train import run

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -57,7 +58,7 @@ def _loggers(cfg: DictConfig) -> list:
             except Exception as e:
                 log.warning("W&B (%s) could not start (%s); continuing offline", mode, e)
                 os.environ["WANDB_MODE"] = "offline"
-                _reset_wandb()
+                _finish_wandb(exit_code=1, teardown=True)
                 try:
                     logger = hydra.utils.instantiate(node, offline=True)
                     _ = logger.experiment
@@ -71,29 +72,20 @@ def _loggers(cfg: DictConfig) -> list:
     return loggers
 
 
-def _reset_wandb() -> None:
-    """Drop a W&B session that failed to start, so the next one starts fresh (offline)."""
+def _finish_wandb(exit_code: int = 0, teardown: bool = False) -> None:
+    """Finish the W&B run if one is open; ``teardown`` also drops the session, so that the next
+    run starts fresh (after a failed start). Never lets W&B turn a result into a crash."""
     try:
+        if "wandb" not in sys.modules:
+            return
         import wandb
 
         if wandb.run is not None:
-            wandb.finish(exit_code=1, quiet=True)
-        wandb.teardown()
+            wandb.finish(exit_code=exit_code)
+        if teardown:
+            wandb.teardown()
     except Exception as e:
-        log.warning("could not reset W&B: %s", e)
-
-
-def _finish_wandb() -> None:
-    try:
-        import sys
-
-        if "wandb" in sys.modules:
-            import wandb
-
-            if wandb.run is not None:
-                wandb.finish()
-    except Exception as e:  # never let W&B turn a result into a crash
-        log.warning("wandb.finish failed: %s", e)
+        log.warning("wandb finish/teardown failed: %s", e)
 
 
 def _metric(trainer, name: str) -> float | None:
@@ -130,11 +122,6 @@ def run(cfg: DictConfig) -> float | None:
             trainer.test(model, datamodule=dm, ckpt_path=_test_ckpt(cfg, trainer))
             if score is None:
                 score = _metric(trainer, cfg.monitor)
-        for cb in objs["callbacks"]:
-            for r in getattr(cb, "rows", list)():
-                ours = "-" if r["ours"] is None else f"{r['ours']:.4g}"
-                paper = "none" if r["paper"] is None else f"{r['paper']:.4g} [{r['flag']}]"
-                log.info("%s: ours %s, paper %s", r["metric"], ours, paper)
         log.info("done in %.1f s; outputs in %s", time.perf_counter() - t0, out)
         return score
     except Exception:

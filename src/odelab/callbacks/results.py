@@ -156,7 +156,13 @@ class ResultsWriter(pl.Callback):
         self._collect(trainer, pl_module)
         self.extra["tested_ckpt"] = trainer.ckpt_path
         self.write(trainer, status="finished")
-        self._log_wandb_table(trainer)
+        rows = self.rows()
+        if trainer.is_global_zero:
+            for r in rows:
+                ours = "-" if r["ours"] is None else f"{r['ours']:.4g}"
+                paper = "none" if r["paper"] is None else f"{r['paper']:.4g} [{r['flag']}]"
+                log.info("%s: ours %s, paper %s", r["metric"], ours, paper)
+        self._log_wandb_table(trainer, rows)
 
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
         self.extra["error"] = f"{type(exception).__name__}: {exception}"
@@ -221,7 +227,7 @@ class ResultsWriter(pl.Callback):
         os.replace(tmp, self.path)
         log.info("results (%s) written to %s", status, self.path)
 
-    def _log_wandb_table(self, trainer: pl.Trainer) -> None:
+    def _log_wandb_table(self, trainer: pl.Trainer, rows: list[dict[str, Any]]) -> None:
         from lightning.pytorch.loggers import WandbLogger
 
         for logger in trainer.loggers:
@@ -232,10 +238,10 @@ class ResultsWriter(pl.Callback):
 
                 cols = ["metric", "ours", "paper", "delta", "flag", "source"]
                 table = wandb.Table(columns=cols)
-                for r in self.rows():
+                for r in rows:
                     table.add_data(*[r[c] for c in cols])
                 logger.experiment.log({"results/table": table})
-                for r in self.rows():
+                for r in rows:
                     if r["ours"] is not None:
                         logger.experiment.summary[f"final/{r['metric']}"] = r["ours"]
             except Exception as e:  # W&B must never break a finished run

@@ -53,16 +53,23 @@ def to_container(cfg: DictConfig) -> dict:
     return OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)
 
 
+def compose_config(overrides: list[str], return_hydra_config: bool = False) -> DictConfig:
+    """Compose ``conf/config.yaml`` with Hydra's compose API, as ``run.py`` would."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    register_resolvers()
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(version_base="1.3", config_dir=str(CONFIG_DIR)):
+        return compose("config", overrides=overrides, return_hydra_config=return_hydra_config)
+
+
 def unknown_key_hints(overrides: list[str]) -> list[str]:
     """For ``a.b.c=v`` overrides naming a key the composed config lacks: what is valid there.
 
     Hydra's own message names the key but not the alternatives; this runs only after a failed
     composition, so it costs nothing on the normal path.
     """
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-
-    register_resolvers()
     groups = {p.name for p in CONFIG_DIR.iterdir() if p.is_dir()}
     choices, keys = [], []
     for o in overrides:
@@ -71,9 +78,7 @@ def unknown_key_hints(overrides: list[str]) -> list[str]:
         key = o.split("=", 1)[0]
         (choices if key in groups or "/" in key else keys).append((o, key))
     try:
-        GlobalHydra.instance().clear()
-        with initialize_config_dir(version_base="1.3", config_dir=str(CONFIG_DIR)):
-            cfg = compose("config", overrides=[o for o, _ in choices])
+        cfg = compose_config([o for o, _ in choices])
     except Exception:  # the group choices themselves are wrong: Hydra's message covers it
         return []
     hints = []
