@@ -103,6 +103,7 @@ def run(cfg: DictConfig) -> float | None:
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     objs: dict[str, Any] = {}
+    ok = False
     try:
         objs = instantiate_all(cfg)
         trainer, model, dm = objs["trainer"], objs["model"], objs["datamodule"]
@@ -123,12 +124,13 @@ def run(cfg: DictConfig) -> float | None:
             if score is None:
                 score = _metric(trainer, cfg.monitor)
         log.info("done in %.1f s; outputs in %s", time.perf_counter() - t0, out)
+        ok = True
         return score
     except Exception:
         log.exception("run failed; outputs so far are in %s", out)
         raise
     finally:
-        _finish_wandb()
+        _finish_wandb(exit_code=0 if ok else 1)  # W&B marks a failed run failed
 
 
 def _test_ckpt(cfg: DictConfig, trainer) -> str | None:

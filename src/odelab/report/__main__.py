@@ -1,0 +1,97 @@
+"""``python -m odelab.report``: the paper's numbers beside ours, from any set of runs.
+
+    python -m odelab.report lm_resnet                       # logs/ and experiments/lm_resnet/runs
+    python -m odelab.report --all --from logs/              # every paper
+    python -m odelab.report yopo --from wandb:<entity>/<project>
+    python -m odelab.report yopo --from wandb-offline:wandb/
+
+Writes ``experiments/<paper>/results.md``, ``results.csv`` and ``results_*.png`` (``--out DIR``
+writes ``DIR/<paper>/`` instead) and prints the tables; with W&B on (``--wandb``, or
+automatically with an account or a ``wandb:`` source) it also logs one summary run per paper
+(job type ``report``) holding the tables and the plots.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+from pathlib import Path
+
+from odelab.report import report_paper
+from odelab.report.sources import collect, default_sources
+from odelab.report.table import EXPERIMENTS_DIR, papers
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="python -m odelab.report",
+        description="Gather finished runs, aggregate seeds and print/write the paper-vs-ours "
+        "tables (experiments/<paper>/results.md, .csv, .png; a W&B summary run).",
+    )
+    p.add_argument("papers", nargs="*", help=f"papers (known: {', '.join(papers())})")
+    p.add_argument("--all", action="store_true", help="every paper with a reference.yaml")
+    p.add_argument(
+        "--from",
+        dest="sources",
+        action="append",
+        metavar="SRC",
+        help="a directory of runs (results.json files), wandb:<entity>/<project>, or "
+        "wandb-offline:<dir>; repeatable. Default: the log dir ($ODELAB_LOG_DIR or logs/) "
+        "and experiments/<paper>/runs/",
+    )
+    p.add_argument("--out", type=Path, help="write DIR/<paper>/ instead of experiments/<paper>/")
+    wb = p.add_mutually_exclusive_group()
+    wb.add_argument("--wandb", dest="wandb", action="store_true", default=None,
+                    help="log a summary run per paper (offline without an account)")  # fmt: skip
+    wb.add_argument("--no-wandb", dest="wandb", action="store_false")
+    p.add_argument("--project", help="W&B project of the summary run (default: the logger's)")
+    p.add_argument("--entity", help="W&B entity of the summary run")
+    p.add_argument("--no-plots", action="store_true")
+    p.add_argument("--quiet", action="store_true", help="no terminal tables")
+    args = p.parse_args(argv)
+    if args.all:
+        args.papers = papers()
+    if not args.papers:
+        p.error(f"name a paper or pass --all (papers: {', '.join(papers())})")
+    unknown = [x for x in args.papers if x not in papers()]
+    if unknown:
+        p.error(f"unknown paper(s) {unknown}: no experiments/<paper>/reference.yaml "
+                f"(papers: {', '.join(papers())})")  # fmt: skip
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    args = parse_args(argv)
+    explicit = args.sources is not None
+    for paper in args.papers:
+        sources = args.sources if explicit else default_sources(paper)
+        runs = collect(sources, paper=paper if len(args.papers) == 1 else None,
+                       missing_ok=not explicit)  # fmt: skip
+        out_dir = (args.out / paper) if args.out else EXPERIMENTS_DIR / paper
+        wandb_on = args.wandb
+        if wandb_on is None:
+            from odelab.utils.config import wandb_has_credentials
+
+            wandb_on = wandb_has_credentials() or any(s.startswith("wandb:") for s in sources)
+        entity = args.entity
+        if entity is None:
+            entity = next((s[6:].split("/")[0] for s in sources if s.startswith("wandb:")), None)
+        written = report_paper(
+            paper,
+            runs,
+            out_dir,
+            sources=sources,
+            plots=not args.no_plots,
+            terminal=not args.quiet,
+            wandb=wandb_on,
+            project=args.project,
+            entity=entity,
+        )
+        print(f"{paper}: wrote " + ", ".join(os.path.relpath(p) for p in written))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,110 @@
+"""Plots next to ``results.md``: one generic chart per metric, plus each paper's own.
+
+Extension point: a paper adds ``src/odelab/papers/<paper>/report.py`` with
+
+    def plots(report: odelab.report.table.PaperReport, out_dir: pathlib.Path) -> list[Path]
+
+which writes its figures (robust accuracy vs time, rollout error bands, BLEU per setting, ...)
+into ``out_dir`` and returns their paths; optionally ``RUN_LOCAL_KEYS = (...)``: more dotted
+config keys (fnmatch patterns) that do not change what a run computes. ``report.groups`` holds
+the finished runs (``Group.runs``: :class:`~odelab.report.runs.Run` with ``metrics``, ``config``,
+``extra`` = everything else of results.json), ``Group.recipe`` says whether they used the
+recipe; ``report.rows`` / ``report.variant_rows`` are the aggregated table lines.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import logging
+import re
+from pathlib import Path
+from types import ModuleType
+
+from odelab.report.table import PaperReport
+
+log = logging.getLogger(__name__)
+
+
+def paper_hooks(paper: str) -> ModuleType | None:
+    """``odelab.papers.<paper>.report`` if the paper has one."""
+    name = f"odelab.papers.{paper}.report"
+    try:
+        if importlib.util.find_spec(name) is None:
+            return None
+    except ModuleNotFoundError:  # no odelab.papers.<paper> package at all
+        return None
+    return importlib.import_module(name)
+
+
+def slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9]+", "_", text).strip("_")
+
+
+def pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def generic_plots(report: PaperReport, out_dir: Path) -> list[Path]:
+    """Per metric: the paper's value and ours (mean ± std over seeds) for every setting;
+    runs with a different config as hollow markers, labelled by their config hash."""
+    plt = pyplot()
+    metrics = list(dict.fromkeys(r.metric for r in report.rows if r.metric))
+    paths = []
+    for metric in metrics:
+        rows = [r for r in report.rows if r.metric == metric]
+        variants = [r for r in report.variant_rows if r.metric == metric and r.stat.n]
+        shown = [r for r in rows if r.paper is not None or r.stat.n]
+        shown += [
+            v for v in variants if v.experiment not in {r.experiment for r in shown}
+        ]  # settings with only variant runs
+        settings = list(dict.fromkeys(r.experiment for r in shown))
+        if not settings:
+            continue
+        y = {s: i for i, s in enumerate(settings)}
+        fig, ax = plt.subplots(figsize=(7, 0.45 * len(settings) + 1.6))
+        by_exp = {r.experiment: r for r in rows}
+        pts = [(y[s], by_exp[s].paper) for s in settings if s in by_exp and by_exp[s].paper]
+        if pts:
+            ax.scatter([p for _, p in pts], [i for i, _ in pts], marker="x", color="k",
+                       s=50, label="paper", zorder=3)  # fmt: skip
+        ours = [(y[s], by_exp[s].stat) for s in settings if s in by_exp and by_exp[s].stat.n]
+        if ours:
+            ax.errorbar([st.mean for _, st in ours], [i for i, _ in ours],
+                        xerr=[st.std or 0 for _, st in ours], fmt="o", color="C0", capsize=3,
+                        label="ours (recipe), mean ± std")  # fmt: skip
+        for j, v in enumerate(variants):
+            st = v.stat
+            ax.errorbar(st.mean, y[v.experiment] + 0.2 + 0.1 * (j % 3), xerr=st.std or 0,
+                        fmt="o", mfc="none", color="C1", capsize=3,
+                        label="ours, different config" if j == 0 else None)  # fmt: skip
+            ax.annotate(f"{v.group.config_hash} (n={st.n})", (st.mean, y[v.experiment] + 0.2),
+                        fontsize=7, xytext=(4, 2), textcoords="offset points")  # fmt: skip
+        ax.set_yticks(range(len(settings)), settings, fontsize=8)
+        ax.invert_yaxis()
+        unit = next((r.reference.get("unit") for r in rows if r.reference.get("unit")), None)
+        ax.set_xlabel(f"{metric} ({unit})" if unit else metric)
+        ax.set_title(f"{report.paper}: {metric}, paper vs ours", fontsize=10)
+        ax.grid(axis="x", alpha=0.3)
+        ax.legend(fontsize=7, loc="best")
+        fig.tight_layout()
+        path = out_dir / f"results_{slug(metric)}.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        paths.append(path)
+    return paths
+
+
+def make_plots(report: PaperReport, out_dir: Path) -> list[Path]:
+    """The generic charts, then the paper's own (``odelab.papers.<paper>.report.plots``)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = generic_plots(report, out_dir)
+    hooks = paper_hooks(report.paper)
+    if hooks is not None and hasattr(hooks, "plots"):
+        paths += [Path(p) for p in hooks.plots(report, out_dir) or []]
+    return paths
