@@ -61,3 +61,13 @@ def test_kept_study_runs_rebuild_the_readme_table(capsys):
         if line.startswith(("| lm_resnet20", "| resnet20")):
             mean_std = line.split("|")[3].strip()
             assert mean_std in readme, mean_std
+
+
+@pytest.mark.parametrize("path", FILES, ids=[p.parent.name for p in FILES])
+def test_paper_readme_links_its_generated_table(path):
+    """Every paper's README shows the same generated table: it links results.md (written by
+    ``python -m odelab.report <paper>``) once that exists."""
+    if not (path.parent / "results.md").is_file():
+        pytest.skip(f"no {path.parent.name}/results.md yet: run python -m odelab.report")
+    readme = (path.parent / "README.md").read_text()
+    assert "](results.md)" in readme, f"{path.parent}/README.md: link [results.md](results.md)"

@@ -306,3 +306,22 @@ def test_committed_results_md_is_what_the_report_builds(tmp_path, monkeypatch):
         monkeypatch.chdir(ROOT)
         main([*args, "--out", str(tmp_path), "--no-wandb", "--quiet"])
         assert (tmp_path / paper / "results.md").read_text() == md.read_text(), paper
+
+
+def test_readme_report_commands_parse():
+    """Every ``python -m odelab.report ...`` line in the READMEs is a valid command line."""
+    from odelab.report.__main__ import parse_args
+
+    lines = [
+        line.split("#")[0].split()
+        for readme in [ROOT / "README.md", *sorted((ROOT / "experiments").glob("*/README.md"))]
+        for line in readme.read_text().splitlines()
+        if line.strip().startswith("python -m odelab.report")
+    ]
+    assert lines
+    known = {p.parent.name for p in (ROOT / "experiments").glob("*/reference.yaml")}
+    for words in lines:
+        # an example may name a paper that lands on another branch: check it with a known one
+        keep = [a.startswith("-") or "/" in a or a in known for a in words[3:]]
+        args = [a if k else "lm_resnet" for a, k in zip(words[3:], keep)]
+        assert parse_args(args).papers, words
