@@ -325,3 +325,37 @@ def test_readme_report_commands_parse():
         keep = [a.startswith("-") or "/" in a or a in known for a in words[3:]]
         args = [a if k else "lm_resnet" for a, k in zip(words[3:], keep)]
         assert parse_args(args).papers, words
+
+
+def test_offline_reader_follows_records_across_blocks(tmp_path):
+    """A real offline run whose transaction log spans several 32 KiB blocks (a 70 kB config
+    value is split FIRST/MIDDLE/LAST; 300 history rows cross block ends)."""
+    import wandb
+
+    from odelab.report.wandb_io import offline_run
+
+    big = "x" * 70_000
+    config = {"experiment_name": "lm_resnet_mnist", "seed": 7, "blob": big}
+    run = wandb.init(mode="offline", dir=str(tmp_path), group="lm_resnet", config=config)
+    for i in range(300):
+        run.log({"train/loss": 1.0 / (i + 1), "test/acc": i / 300})
+    run.finish()
+    (log,) = tmp_path.rglob("run-*.wandb")
+    assert log.stat().st_size > 2 * 32768
+    for _ in range(60):  # wandb-core appends the exit record shortly after finish() returns
+        rec = offline_run(log.parent)
+        if rec.status != "unfinished":
+            break
+        time.sleep(0.5)
+    assert rec.config["blob"] == big and rec.seed == 7 and rec.paper == "lm_resnet"
+    assert rec.metrics["test/acc"] == pytest.approx(299 / 300)
+    assert rec.metrics["train/loss"] == pytest.approx(1 / 300)
+    assert rec.status == "finished"
+
+
+def test_paper_run_local_keys_extend_the_comparison():
+    from odelab.report.table import comparable
+
+    cfg = {"seed": 3, "data": {"seed": 3, "batch_size": 8}, "model": {"cache": "a", "depth": 2}}
+    assert comparable(cfg) == {"data.batch_size": 8, "model.cache": "a", "model.depth": 2}
+    assert comparable(cfg, ("model.cache",)) == {"data.batch_size": 8, "model.depth": 2}

@@ -67,8 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     explicit = args.sources is not None
     for paper in args.papers:
         sources = args.sources if explicit else default_sources(paper)
-        runs = collect(sources, paper=paper if len(args.papers) == 1 else None,
-                       missing_ok=not explicit)  # fmt: skip
+        runs = collect(sources, paper=paper, missing_ok=not explicit)
         out_dir = (args.out / paper) if args.out else EXPERIMENTS_DIR / paper
         wandb_on = args.wandb
         if wandb_on is None:

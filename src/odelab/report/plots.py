@@ -50,6 +50,16 @@ def pyplot():
     return plt
 
 
+def finish(fig, ax, title: str, path: Path) -> Path:
+    """Title, legend, tight layout, PNG at 110 dpi; closes the figure."""
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    pyplot().close(fig)
+    return path
+
+
 def generic_plots(report: PaperReport, out_dir: Path) -> list[Path]:
     """Per metric: the paper's value and ours (mean ± std over seeds) for every setting;
     runs with a different config as hollow markers, labelled by their config hash."""
@@ -89,14 +99,9 @@ def generic_plots(report: PaperReport, out_dir: Path) -> list[Path]:
         ax.invert_yaxis()
         unit = next((r.reference.get("unit") for r in rows if r.reference.get("unit")), None)
         ax.set_xlabel(f"{metric} ({unit})" if unit else metric)
-        ax.set_title(f"{report.paper}: {metric}, paper vs ours", fontsize=10)
         ax.grid(axis="x", alpha=0.3)
-        ax.legend(fontsize=7, loc="best")
-        fig.tight_layout()
-        path = out_dir / f"results_{slug(metric)}.png"
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        paths.append(path)
+        title = f"{report.paper}: {metric}, paper vs ours"
+        paths.append(finish(fig, ax, title, out_dir / f"results_{slug(metric)}.png"))
     return paths
 
 

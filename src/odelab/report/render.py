@@ -26,18 +26,7 @@ RECIPE_HEAD = [
     "hardware",
     "note",
 ]
-VARIANT_HEAD = [
-    "setting",
-    "config",
-    "metric",
-    "paper",
-    "flag",
-    "ours (mean ± std)",
-    "n",
-    "seeds",
-    "Δ ours − paper",
-    "hardware",
-]
+VARIANT_HEAD = [RECIPE_HEAD[0], "config", *RECIPE_HEAD[1:-1]]
 UNUSABLE_HEAD = ["setting", "seed", "why it is not in the table", "source"]
 
 
@@ -79,19 +68,8 @@ def recipe_cells(row: Row) -> list[str]:
 
 
 def variant_cells(row: Row) -> list[str]:
-    g = row.group
-    return [
-        row.experiment,
-        g.config_hash or "-",
-        _metric(row),
-        fmt(row.paper),
-        row.reference.get("flag") or "-",
-        mean_std(row.stat),
-        str(row.stat.n),
-        _seeds(row),
-        fmt(row.delta),
-        g.hardware,
-    ]
+    cells = recipe_cells(row)
+    return [cells[0], row.group.config_hash or "-", *cells[1:-1]]
 
 
 def unusable_cells(report: PaperReport) -> list[list[str]]:

@@ -195,6 +195,7 @@ class Row:
     metric: str | None
     reference: dict
     group: Group | None
+    setting_note: str = ""  # the reference entry's ``note`` (why there is no paper value, ...)
 
     @property
     def paper(self) -> float | None:
@@ -214,7 +215,7 @@ class Row:
 
     @property
     def note(self) -> str:
-        notes = []
+        notes = [self.setting_note] if self.setting_note and self.paper is None else []
         if self.stat.n == 0:
             notes.append("no run" if self.group is None else f"no {self.metric} in its runs")
         m, unit = self.stat.mean, self.reference.get("unit")
@@ -333,8 +334,10 @@ def build(
         recipe_group = groups.get("recipe")
         metrics = _metrics_of(setting, [r for g in groups.values() for r in g.runs])
         refs = (setting or {}).get("metrics") or {}
+        note = str((setting or {}).get("note") or "").strip().rstrip(".")
         for metric in metrics:
-            rows.append(Row(name, metric, refs.get(metric, {}) if metric else {}, recipe_group))
+            ref = refs.get(metric, {}) if metric else {}
+            rows.append(Row(name, metric, ref, recipe_group, setting_note=note))
         if recipe_group:
             all_groups.append(recipe_group)
         for key, g in sorted(groups.items()):

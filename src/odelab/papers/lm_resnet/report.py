@@ -13,7 +13,7 @@ import json
 import statistics
 from pathlib import Path
 
-from odelab.report.plots import pyplot
+from odelab.report.plots import finish, pyplot
 from odelab.report.table import Group, PaperReport, recipe_config
 
 
@@ -64,13 +64,7 @@ def plot_k(report: PaperReport, out_dir: Path) -> Path | None:
     ax.axhline(0, color="k", lw=0.5)
     ax.set_xlabel("block n (plain steps at stage starts have no k)")
     ax.set_ylabel("learned k_n (mean ± std over seeds)")
-    ax.set_title("LM-ResNet: learned k_n per block", fontsize=10)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    path = out_dir / "results_k_per_block.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return finish(fig, ax, "LM-ResNet: learned k_n per block", out_dir / "results_k_per_block.png")
 
 
 def plot_error_vs_params(report: PaperReport, out_dir: Path, metric: str = "test/error"):
@@ -110,14 +104,9 @@ def plot_error_vs_params(report: PaperReport, out_dir: Path, metric: str = "test
     ax.set_xscale("log")
     ax.set_xlabel("parameters (ours, from the run's or the recipe's config)")
     ax.set_ylabel(f"{metric} (%)")
-    ax.set_title("LM-ResNet vs ResNet: error vs parameters", fontsize=10)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    path = out_dir / "results_error_vs_params.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    title = "LM-ResNet vs ResNet: error vs parameters"
+    return finish(fig, ax, title, out_dir / "results_error_vs_params.png")
 
 
 def plots(report: PaperReport, out_dir: Path) -> list[Path]:
