@@ -40,12 +40,13 @@ RUN_LOCAL_KEYS = (
     "seed",
     "*.seed",  # data.seed etc. interpolate ${seed}
     "paths",
+    "*_dir",  # data_dir, default_root_dir, save_dir, cache_dir: where, not what
+    "*.dirpath",
     "logger",
     "hydra",
     "ckpt_path",  # resuming continues the same config
     "print_config",
     "tags",
-    "trainer.default_root_dir",
     "trainer.accelerator",
     "trainer.devices",
     "trainer.num_nodes",
@@ -56,14 +57,12 @@ RUN_LOCAL_KEYS = (
     "trainer.log_every_n_steps",
     "trainer.profiler",
     "trainer.detect_anomaly",
-    "data.data_dir",
     "data.num_workers",
     "data.pin_memory",
     "data.persistent_workers",
     "data.download",
     "data.verify",
     "data.eval_batch_size",
-    "callbacks.*.dirpath",
     "callbacks.*.output_dir",
     "callbacks.*.reference_file",
 )
