@@ -272,8 +272,12 @@ def test_summary_run_offline(runs_dir, tmp_path, monkeypatch):
     (run_dir,) = (Path(os.environ["ODELAB_LOG_DIR"]) / "report" / "lm_resnet").rglob(
         "offline-run-*"
     )
-    tables = sorted(p.name.split("_")[0] for p in run_dir.rglob("*.table.json"))
-    assert tables == ["all", "table"], list(run_dir.rglob("*"))
+    tables = {p.name.split("_")[0]: p for p in run_dir.rglob("*.table.json")}
+    assert sorted(tables) == ["all", "table"], list(run_dir.rglob("*"))
+    everything = json.loads(tables["all"].read_text())
+    col = everything["columns"].index
+    variant = [r for r in everything["data"] if r[col("section")] == "different_config"]
+    assert variant and isinstance(variant[0][col("ours_mean")], float)  # numbers, not text
     assert list(run_dir.rglob("files/media/images/report/plots/*.png"))
     for _ in range(60):  # wandb-core appends the exit record shortly after finish() returns
         rec = offline_run(run_dir)

@@ -7,7 +7,7 @@ import io
 import sys
 from pathlib import Path
 
-from odelab.report.table import PaperReport, Row, fmt, mean_std
+from odelab.report.table import PaperReport, Row, describe_hardware, fmt, mean_std
 from odelab.utils.config import REPO_ROOT
 
 FLAGS = (
@@ -189,16 +189,16 @@ def _csv_row(section: str, report: PaperReport, row: Row) -> list:
         row.experiment,
         row.metric or "",
         row.reference.get("unit", ""),
-        "" if row.paper is None else row.paper,
+        row.paper,
         row.reference.get("flag", ""),
         row.reference.get("table", ""),
         row.reference.get("source", ""),
-        "" if st.mean is None else st.mean,
-        "" if st.std is None else st.std,
+        st.mean,
+        st.std,
         st.n,
         " ".join(str(s) for s in (g.seeds(row.metric) if g and row.metric else [])),
         " ".join(repr(v) for v in st.values),
-        "" if row.delta is None else row.delta,
+        row.delta,
         g.hardware if g else "",
         "" if g is None or g.recipe else g.config_hash,
         "" if g is None else "; ".join(g.diff),
@@ -206,19 +206,25 @@ def _csv_row(section: str, report: PaperReport, row: Row) -> list:
     ]
 
 
+def table_rows(report: PaperReport) -> list[list]:
+    """Every line of the report in ``CSV_HEAD`` order (numbers as numbers, None if missing):
+    sections ``recipe``, ``different_config``, ``unusable``."""
+    rows = [_csv_row("recipe", report, r) for r in report.rows]
+    rows += [_csv_row("different_config", report, r) for r in report.variant_rows]
+    for u in report.unusable:
+        seed = "" if u.run.seed is None else str(u.run.seed)
+        rows.append(["unusable", report.paper, u.run.experiment, "", "", None, "", "", "",
+                     None, None, 0, seed, "", None, describe_hardware(u.run.hardware), "", "",
+                     u.reason])  # fmt: skip
+    return rows
+
+
 def to_csv(report: PaperReport) -> str:
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(CSV_HEAD)
-    for r in report.rows:
-        w.writerow(_csv_row("recipe", report, r))
-    for r in report.variant_rows:
-        w.writerow(_csv_row("different_config", report, r))
-    for u in report.unusable:
-        w.writerow(
-            ["unusable", report.paper, u.run.experiment, "", "", "", "", "", "", "", "", 0,
-             "" if u.run.seed is None else u.run.seed, "", "", "", "", "", u.reason]
-        )  # fmt: skip
+    for row in table_rows(report):
+        w.writerow(["" if v is None else v for v in row])
     return buf.getvalue()
 
 

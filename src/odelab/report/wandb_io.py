@@ -283,11 +283,9 @@ def log_summary_run(
     ``wandb.Table`` (``report/table``: the recipe rows; ``report/all``: every row, with its
     section) and the plots (``report/plots/<name>``). Offline without an account; a W&B
     failure is a warning, never an error. Returns the run's directory."""
-    import csv
-    import io
     import os
 
-    from odelab.report.render import to_csv
+    from odelab.report.render import CSV_HEAD, table_rows
     from odelab.report.sources import log_dir
     from odelab.utils.config import configure_wandb_env
 
@@ -299,8 +297,7 @@ def log_summary_run(
     except ImportError:  # pragma: no cover - wandb is a dependency
         log.warning("wandb is not installed: no summary run")
         return None
-    rows = list(csv.reader(io.StringIO(to_csv(report))))
-    head, body = rows[0], rows[1:]
+    head, body = CSV_HEAD, table_rows(report)
     kwargs = dict(
         project=project or default_project(),
         entity=entity,
