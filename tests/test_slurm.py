@@ -89,6 +89,11 @@ def _wait(job: str, timeout: float = 240) -> str:
     raise AssertionError(f"job {job} did not end in {timeout} s (state {_state(job)})")
 
 
+def _job_dirs(sweep_dir: Path) -> list[Path]:
+    """submitit's folder of each finished job (array task) of a sweep."""
+    return [d for d in (sweep_dir / ".submitit").iterdir() if list(d.glob("*_result.pkl"))]
+
+
 def _results(path: Path) -> dict:
     return json.loads(path.read_text())
 
@@ -118,8 +123,8 @@ def test_two_job_multirun_through_the_slurm_launcher(tmp_path):
     res = [_results(f) for f in found]
     assert sorted(r["seed"] for r in res) == [0, 1]
     assert all(r["status"] == "finished" for r in res)
-    jobs = [d.name for d in (tmp_path / "sweep" / "0" / ".submitit").iterdir() if d.is_dir()]
-    assert len(jobs) == 2 and all(_state(j) == "COMPLETED" for j in jobs), jobs
+    jobs = [d.name for d in _job_dirs(tmp_path / "sweep" / "0")]
+    assert len(jobs) == 2 and all(_wait(j) == "COMPLETED" for j in jobs), jobs
 
 
 def test_ddp_one_slurm_task_per_device(tmp_path):
@@ -143,25 +148,26 @@ def test_ddp_one_slurm_task_per_device(tmp_path):
     res = _results(next(sweep.glob("*/results.json")))
     assert res["status"] == "finished" and res["epochs"] == 2  # debug=limit: two epochs
     assert res["hardware"]["world_size"] == 2 and res["config"]["trainer"]["strategy"] == "ddp"
-    (job,) = [d for d in (sweep / ".submitit").iterdir() if d.is_dir()]
+    (job,) = _job_dirs(sweep)
     assert sorted(p.name for p in job.glob("*_log.out")) == [
         f"{job.name}_0_log.out",
         f"{job.name}_1_log.out",
     ]  # one SLURM task per rank
     logs = _log(job, "*_log.err")
     assert "SLURMEnvironment" in logs or "MEMBER: 2/2" in logs, logs[-2000:]
-    assert _state(job.name) == "COMPLETED"
+    assert _wait(job.name) == "COMPLETED"  # submitit has the result before the job ends
 
 
 def test_requeued_job_resumes_and_ends_like_an_uninterrupted_one(tmp_path):
-    """(c) ``sbatch slurm/train.sbatch``: a job paused after epoch 0 (its checkpoint written) is
-    requeued (``scontrol requeue``: SIGTERM, then the same job id runs again); it resumes from
+    """(c) ``sbatch slurm/train.sbatch``: jobs paused after epoch 0 (its checkpoint written) are
+    interrupted mid-training, one by ``scontrol requeue`` (SIGTERM; preemption looks the same),
+    one by SIGUSR1 (what ``--signal=USR1@90`` sends before the time limit: Lightning saves a
+    checkpoint and requeues the job itself). Each comes back as the same job id, resumes from
     its checkpoint in the same run dir and ends with the same epochs, steps and metrics as an
-    uninterrupted job, and with one W&B run id across both attempts."""
+    uninterrupted job, with one W&B run id across both attempts."""
     env = _env(tmp_path)
-    flag = tmp_path / "paused"
 
-    def submit(enabled: bool) -> str:
+    def submit(pause: str | None) -> str:
         return _sh(
             "sbatch",
             "--parsable",
@@ -175,31 +181,40 @@ def test_requeued_job_resumes_and_ends_like_an_uninterrupted_one(tmp_path):
             "trainer.max_epochs=3",
             *SMALL,
             "+callbacks.pause._target_=slurm_callbacks.PauseOnFirstAttempt",
-            f"+callbacks.pause.flag={flag}",
-            f"+callbacks.pause.enabled={enabled}",
+            f"+callbacks.pause.flag={tmp_path}/paused_{pause}",
+            f"+callbacks.pause.enabled={pause is not None}",
             env=env,
         ).stdout.strip()
 
-    job, ref = submit(True), submit(False)
-    t0 = time.monotonic()
-    while not flag.exists():
-        assert time.monotonic() - t0 < 180, _log(tmp_path, "slurm-*.out")[-3000:]
-        assert _state(job) in ("PENDING", "RUNNING", "UNKNOWN"), _log(tmp_path, "slurm-*.out")
-        time.sleep(0.5)
-    _sh("scontrol", "requeue", job)
-    assert _wait(job) == "COMPLETED", _log(tmp_path, f"slurm-{job}.out")[-3000:]
-    assert _wait(ref) == "COMPLETED", _log(tmp_path, f"slurm-{ref}.out")[-3000:]
+    requeued, usr1, ref = submit("requeue"), submit("usr1"), submit(None)
+    for job, tag, interrupt in (
+        (requeued, "requeue", ["scontrol", "requeue", requeued]),
+        (usr1, "usr1", ["scancel", "--signal=USR1", usr1]),
+    ):
+        t0 = time.monotonic()
+        while not (tmp_path / f"paused_{tag}").exists():
+            assert time.monotonic() - t0 < 180, _log(tmp_path, f"slurm-{job}.out")[-3000:]
+            assert _state(job) in ("PENDING", "RUNNING", "UNKNOWN"), _log(tmp_path, "slurm-*")
+            time.sleep(0.5)
+        _sh(*interrupt)
+    for job in (requeued, usr1, ref):
+        assert _wait(job) == "COMPLETED", _log(tmp_path, f"slurm-{job}.out")[-3000:]
 
-    log = (tmp_path / f"slurm-{job}.out").read_text()
-    assert "restart 0" in log and "restart 1" in log  # ran twice, as the same job
     out = tmp_path / "logs" / "lm_resnet_mnist" / "slurm"
-    a, b = _results(out / ref / "results.json"), _results(out / job / "results.json")
-    hpc = out / job / "hpc_ckpt_1.ckpt"
-    assert hpc.is_file() and f"auto_resume: resuming from {hpc}" in _log(out / job, "run.log")
-    assert b["status"] == a["status"] == "finished"
-    assert b["epochs"] == a["epochs"] == 3 and b["global_step"] == a["global_step"]
-    for key in ("train/loss", "val/acc", "test/acc", "test/loss"):
-        assert b["metrics"][key] == a["metrics"][key], key
-    runs = sorted((out / job / "wandb").glob("offline-run-*"))
-    assert len(runs) == 2  # one per attempt, one W&B run id
-    assert {r.name.rsplit("-", 1)[1] for r in runs} == {run_id(str(out / job))}
+    a = _results(out / ref / "results.json")
+    assert a["status"] == "finished" and a["epochs"] == 3
+    for job, ckpt in ((requeued, "hpc_ckpt_1.ckpt"), (usr1, "hpc_ckpt_2.ckpt")):
+        log = (tmp_path / f"slurm-{job}.out").read_text()
+        assert "restart 0" in log and "restart 1" in log  # ran twice, as the same job
+        resumed_from = out / job / ckpt  # usr1: Lightning's hpc_ckpt_1, then ours on SIGTERM
+        assert f"auto_resume: resuming from {resumed_from}" in _log(out / job, "run.log")
+        b = _results(out / job / "results.json")
+        assert b["status"] == "finished"
+        assert b["epochs"] == a["epochs"] and b["global_step"] == a["global_step"]
+        for key in ("train/loss", "val/acc", "test/acc", "test/loss"):
+            assert b["metrics"][key] == a["metrics"][key], (job, key)
+        runs = sorted((out / job / "wandb").glob("offline-run-*"))
+        assert len(runs) == 2  # one per attempt, one W&B run id
+        assert {r.name.rsplit("-", 1)[1] for r in runs} == {run_id(str(out / job))}
+    usr1_log = (tmp_path / f"slurm-{usr1}.out").read_text()
+    assert "Handling auto-requeue signal" in usr1_log or "Requeued SLURM job" in usr1_log

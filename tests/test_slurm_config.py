@@ -111,3 +111,23 @@ def test_sbatch_template_survives_the_cluster():
     for directive in ("--signal=USR1@90", "--requeue", "--open-mode=append"):
         assert f"#SBATCH {directive}" in text
     assert "srun" in text and "hydra.run.dir=" in text
+
+
+def _readme_commands() -> list[list[str]]:
+    """Overrides of each ``python run.py`` / ``slurm/train.sbatch`` line in slurm/README.md."""
+    cmds, in_code = [], False
+    for line in (ROOT / "slurm" / "README.md").read_text().splitlines():
+        if line.startswith("```"):
+            in_code = not in_code
+        elif in_code and line.startswith(("python run.py", "slurm/train.sbatch")):
+            args = line.split("#")[0].split()
+            cmds.append([a for a in args[1:] if a not in ("run.py", "-m")])
+    return cmds
+
+
+@pytest.mark.parametrize("overrides", _readme_commands(), ids=lambda o: " ".join(o)[:60])
+def test_slurm_readme_commands_compose(overrides):
+    first = [o.split(",")[0] if "," in o and "[" not in o else o for o in overrides]
+    cfg = compose_config(first, return_hydra_config=True)
+    if "hydra/launcher=slurm" in overrides:
+        assert cfg.hydra.launcher.tasks_per_node == cfg.trainer.devices
