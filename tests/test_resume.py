@@ -88,6 +88,7 @@ class SigtermAt(pl.Callback):
             os.kill(os.getpid(), signal.SIGTERM)
 
 
+@pytest.mark.slow  # mid-epoch SIGTERM; tests/test_slurm.py covers SIGTERM at an epoch end
 def test_sigterm_saves_a_checkpoint_that_a_restart_resumes(run_experiment):
     common = [*TINY, "seed=2"]
     with pytest.raises(SystemExit):  # Lightning's SIGTERMException, after the current batch
