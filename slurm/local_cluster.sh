@@ -40,10 +40,12 @@ install_packages() {
   [ ${#missing[@]} -eq 0 ] && return 0
   say "installing ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive
-  # no init system here: package scripts must not try to start daemons
-  printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d
+  # no init system here: package scripts must not try to start daemons (we start them below)
+  local policy=/usr/sbin/policy-rc.d ours=0
+  if [ ! -e $policy ]; then printf '#!/bin/sh\nexit 101\n' > $policy; chmod +x $policy; ours=1; fi
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  if [ $ours = 1 ]; then rm -f $policy; fi
 }
 
 write_configs() {

@@ -8,13 +8,18 @@ import time
 from pathlib import Path
 
 import lightning.pytorch as pl
+from lightning.pytorch.callbacks import Checkpoint
 
 
-class PauseOnFirstAttempt(pl.Callback):
-    """At the end of training epoch ``epoch`` (its checkpoint written) of a job's first attempt
-    (``SLURM_RESTART_COUNT`` unset), touch ``flag`` and wait for SIGTERM (at most ``timeout`` s),
-    so that a test can requeue the job mid-training at a known point. Does nothing when not
-    ``enabled`` or on a restarted attempt."""
+class PauseOnFirstAttempt(Checkpoint):
+    """At the end of training epoch ``epoch`` of a job's first attempt (``SLURM_RESTART_COUNT``
+    unset), write the job id to ``flag`` and wait for SIGTERM (at most ``timeout`` s), so that a
+    test can interrupt the job mid-training at a known point. Does nothing when not ``enabled``
+    or on a restarted attempt.
+
+    A ``Checkpoint`` subclass only so that Lightning orders it after ``ModelCheckpoint``: the
+    epoch's checkpoint is on disk when the pause starts.
+    """
 
     def __init__(self, flag: str, epoch: int = 0, timeout: float = 120, enabled: bool = True):
         self.flag, self.epoch, self.timeout, self.enabled = Path(flag), epoch, timeout, enabled

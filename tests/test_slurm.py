@@ -159,7 +159,7 @@ def test_ddp_one_slurm_task_per_device(tmp_path):
 
 
 def test_requeued_job_resumes_and_ends_like_an_uninterrupted_one(tmp_path):
-    """(c) ``sbatch slurm/train.sbatch``: jobs paused after epoch 0 (its checkpoint written) are
+    """(c) ``sbatch slurm/train.sbatch``: jobs paused after epoch 0 (checkpoint written) are
     interrupted mid-training, one by ``scontrol requeue`` (SIGTERM; preemption looks the same),
     one by SIGUSR1 (what ``--signal=USR1@90`` sends before the time limit: Lightning saves a
     checkpoint and requeues the job itself). Each comes back as the same job id, resumes from
@@ -218,3 +218,54 @@ def test_requeued_job_resumes_and_ends_like_an_uninterrupted_one(tmp_path):
         assert {r.name.rsplit("-", 1)[1] for r in runs} == {run_id(str(out / job))}
     usr1_log = (tmp_path / f"slurm-{usr1}.out").read_text()
     assert "Handling auto-requeue signal" in usr1_log or "Requeued SLURM job" in usr1_log
+
+
+def test_launcher_job_signalled_before_its_time_limit_resumes(tmp_path):
+    """(c, launcher) ``hydra/launcher=slurm``: the SIGUSR2 submitit asks for before the time
+    limit (``signal_delay_s``) makes submitit requeue the job; it comes back in the same sweep
+    subdir, resumes from its checkpoint and finishes, and the multirun returns its result."""
+    sweep, flag = tmp_path / "sweep", tmp_path / "paused"
+    cmd = [
+        sys.executable,
+        "run.py",
+        "-m",
+        "hydra/launcher=slurm",
+        "experiment=lm_resnet_mnist",
+        "logger=wandb",
+        "trainer.max_epochs=2",
+        *SMALL,
+        *LAUNCHER,
+        "+callbacks.pause._target_=slurm_callbacks.PauseOnFirstAttempt",
+        f"+callbacks.pause.flag={flag}",
+        f"hydra.sweep.dir={sweep}",
+    ]
+    launcher = subprocess.Popen(
+        cmd,
+        cwd=ROOT,
+        env=_env(tmp_path),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        t0 = time.monotonic()
+        while not flag.exists():
+            assert launcher.poll() is None, launcher.stdout.read()[-3000:]
+            assert time.monotonic() - t0 < 180, "the job never reached the end of epoch 0"
+            time.sleep(0.5)
+        job = flag.read_text()
+        _sh("scancel", "--signal=USR2", job)  # what SLURM sends signal_delay_s before the limit
+        out, _ = launcher.communicate(timeout=300)
+    finally:
+        if launcher.poll() is None:
+            launcher.kill()
+    assert launcher.returncode == 0, out[-3000:]
+    assert _wait(job) == "COMPLETED"
+    run_dir = next(sweep.glob("0_*"))
+    res = _results(run_dir / "results.json")
+    assert res["status"] == "finished" and res["epochs"] == 2
+    assert f"auto_resume: resuming from {run_dir}" in (run_dir / "run.log").read_text()
+    job_log = _log(sweep / ".submitit", "*_log.*")
+    assert "requeue" in job_log.lower(), job_log[-3000:]
+    runs = sorted((run_dir / "wandb").glob("offline-run-*"))
+    assert len(runs) == 2 and {r.name.rsplit("-", 1)[1] for r in runs} == {run_id(str(run_dir))}

@@ -131,3 +131,10 @@ def test_slurm_readme_commands_compose(overrides):
     cfg = compose_config(first, return_hydra_config=True)
     if "hydra/launcher=slurm" in overrides:
         assert cfg.hydra.launcher.tasks_per_node == cfg.trainer.devices
+
+
+def test_slurm_scripts_parse_and_print_usage():
+    for script in ("local_cluster.sh", "sweep.sh", "train.sbatch"):
+        assert subprocess.run(["bash", "-n", f"slurm/{script}"], cwd=ROOT).returncode == 0
+    p = subprocess.run(["slurm/local_cluster.sh"], cwd=ROOT, capture_output=True, text=True)
+    assert p.returncode == 2 and "start|stop|status" in p.stderr
