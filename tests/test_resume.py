@@ -154,7 +154,7 @@ def test_explicit_corrupt_ckpt_path_fails_before_training(run_experiment, tmp_pa
 
 def test_run_id_and_gpus_per_node():
     assert run_id("/a/b") == run_id("/a/b/") != run_id("/a/c")
-    assert len(run_id("x")) == 16 and run_id("x").isalnum()
+    assert len(run_id("x")) == 16 and run_id("x").isalnum() and run_id(None) is None
     assert gpus_per_node("cpu", 2) is None
     assert gpus_per_node("gpu", 4) == 4 and gpus_per_node("cuda", [0, 1]) == 2
     with pytest.raises(ValueError, match="trainer.devices"):

@@ -24,11 +24,14 @@ def register_resolvers() -> None:
         OmegaConf.register_new_resolver("odelab_gpus", gpus_per_node)
 
 
-def run_id(output_dir: str) -> str:
+def run_id(output_dir: str | None) -> str | None:
     """``${odelab_run_id:${paths.output_dir}}``: the W&B run id, a hash of the absolute output
-    dir, so that a run restarted in its directory (a requeued SLURM job) continues its W&B run."""
+    dir, so that a run restarted in its directory (a requeued SLURM job) continues its W&B run.
+    ``None`` (W&B picks one) while there is no output dir yet (``--cfg job --resolve``)."""
     import hashlib
 
+    if output_dir is None:
+        return None
     return hashlib.sha256(str(Path(output_dir).absolute()).encode()).hexdigest()[:16]
 
 
