@@ -16,6 +16,7 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
+from odelab.utils.checkpoint import check_checkpoint, find_resume_checkpoint, hpc_checkpoints
 from odelab.utils.config import configure_wandb_env, register_resolvers, to_container
 
 log = logging.getLogger("odelab.train")
@@ -115,7 +116,7 @@ def run(cfg: DictConfig) -> float | None:
             lg.log_hyperparams(resolved)
         score = None
         if cfg.get("train", True):
-            trainer.fit(model, datamodule=dm, ckpt_path=cfg.get("ckpt_path"))
+            trainer.fit(model, datamodule=dm, ckpt_path=_resume_ckpt(cfg, out))
             ckpt = trainer.checkpoint_callback
             best = getattr(ckpt, "best_model_score", None) if ckpt else None
             score = float(best) if best is not None else _metric(trainer, cfg.monitor)
@@ -133,19 +134,43 @@ def run(cfg: DictConfig) -> float | None:
         _finish_wandb(exit_code=0 if ok else 1)  # W&B marks a failed run failed
 
 
+def _resume_ckpt(cfg: DictConfig, out: Path) -> str | None:
+    """``ckpt_path`` if set (checked: a clear error when unreadable); else, with ``auto_resume``,
+    the newest readable checkpoint in this run's output dir (a requeued job, a re-run)."""
+    if cfg.get("ckpt_path"):
+        check_checkpoint(cfg.ckpt_path)
+        return str(cfg.ckpt_path)
+    if not cfg.get("auto_resume", True):
+        return None
+    path = find_resume_checkpoint(out)
+    if path:
+        log.info("auto_resume: resuming from %s", path)
+    return path
+
+
+def _in_memory(trainer) -> str | None:
+    """The ``ckpt_path`` that tests the weights in memory: ``None``, unless Lightning would load
+    a SLURM ``hpc_ckpt`` for ``None`` (then ``last.ckpt``, saved at the end of fit)."""
+    if not hpc_checkpoints(trainer.default_root_dir):
+        return None
+    ckpt = trainer.checkpoint_callback
+    last = Path(ckpt.dirpath) / "last.ckpt" if ckpt is not None and ckpt.dirpath else None
+    return str(last) if last is not None and last.is_file() else None
+
+
 def _test_ckpt(cfg: DictConfig, trainer) -> str | None:
     """``test_ckpt``: ``best`` (the monitored best), ``last`` (final weights) or a path."""
     choice = cfg.get("test_ckpt", "best")
     if not cfg.get("train", True):
         return cfg.get("ckpt_path")
     if choice == "last":
-        return None  # the weights in memory are the final epoch's
+        return _in_memory(trainer)  # the weights in memory are the final epoch's
     if choice == "best":
         ckpt = trainer.checkpoint_callback
         path = getattr(ckpt, "best_model_path", "") if ckpt else ""
         if not path:
             log.warning("no best checkpoint (checkpointing off, e.g. fast_dev_run); testing last")
-            return None
+            return _in_memory(trainer)
         return path
     return choice
 

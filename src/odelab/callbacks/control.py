@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 import random
 from typing import Any
 
 import lightning.pytorch as pl
 import numpy as np
 import torch
+
+log = logging.getLogger(__name__)
 
 
 class RNGStateCallback(pl.Callback):
@@ -49,3 +52,30 @@ class StopAfterEpochs(pl.Callback):
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.current_epoch + 1 >= self.epochs:
             trainer.should_stop = True
+
+
+class PreemptionCheckpoint(pl.Callback):
+    """On SIGTERM during ``fit`` save ``<default_root_dir>/hpc_ckpt_<n>.ckpt`` before exiting.
+
+    SLURM sends SIGTERM on preemption, ``scontrol requeue``, ``scancel`` and at the time limit,
+    then SIGKILL after ``KillWait``; Lightning stops after the current batch and this saves its
+    state, so a requeued job (SLURM requeues preempted ``--requeue`` jobs itself) loses at most
+    one batch. The write is atomic (``AtomicCheckpointIO``): a SIGKILL mid-write leaves the older
+    checkpoints. Requeueing is not done here: a SIGTERM may be a cancel. Before the time limit,
+    ``--signal=USR1@90`` makes Lightning checkpoint and requeue (see ``slurm/README.md``).
+    """
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception) -> None:
+        from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+        if not isinstance(exception, SIGTERMException) or trainer.state.fn != "fit":
+            return
+        path = trainer._checkpoint_connector.hpc_save_path(trainer.default_root_dir)
+        trainer.save_checkpoint(path)
+        if trainer.is_global_zero:
+            log.warning(
+                "SIGTERM: saved %s (epoch %d, step %d); a restart in this output dir resumes it",
+                path,
+                trainer.current_epoch,
+                trainer.global_step,
+            )

@@ -18,6 +18,35 @@ def register_resolvers() -> None:
         OmegaConf.register_new_resolver("odelab_root", lambda: str(REPO_ROOT))
     if not OmegaConf.has_resolver("odelab_tags"):
         OmegaConf.register_new_resolver("odelab_tags", merge_tags)
+    if not OmegaConf.has_resolver("odelab_run_id"):
+        OmegaConf.register_new_resolver("odelab_run_id", run_id)
+    if not OmegaConf.has_resolver("odelab_gpus"):
+        OmegaConf.register_new_resolver("odelab_gpus", gpus_per_node)
+
+
+def run_id(output_dir: str | None) -> str | None:
+    """``${odelab_run_id:${paths.output_dir}}``: the W&B run id, a hash of the absolute output
+    dir, so that a run restarted in its directory (a requeued SLURM job) continues its W&B run.
+    ``None`` (W&B picks one) while there is no output dir yet (``--cfg job --resolve``)."""
+    import hashlib
+
+    if output_dir is None:
+        return None
+    return hashlib.sha256(str(Path(output_dir).absolute()).encode()).hexdigest()[:16]
+
+
+def gpus_per_node(accelerator: str, devices) -> int | None:
+    """``${odelab_gpus:${trainer.accelerator},${trainer.devices}}``: GPUs a SLURM job requests
+    per node; ``None`` (no GPU request) for CPU runs. One SLURM task drives one device."""
+    if str(accelerator) not in ("gpu", "cuda", "auto"):
+        return None
+    n = len(devices) if isinstance(devices, (list, ListConfig)) else devices
+    if not isinstance(n, int) or n < 1:
+        raise ValueError(
+            f"trainer.devices={devices!r} cannot size a SLURM job; set trainer.devices to the "
+            "number of GPUs per node"
+        )
+    return n
 
 
 def merge_tags(tags, *extra) -> ListConfig:

@@ -1,0 +1,110 @@
+"""Checkpoints that survive a cluster: atomic writes, validation, and the one a restart resumes.
+
+A run's output directory is its identity: a run restarted in the same directory (a requeued
+SLURM job, a re-run of the same command with the same ``hydra.run.dir``) resumes from the newest
+readable checkpoint there: ``hpc_ckpt_<n>.ckpt`` (written by Lightning on the SLURM requeue signal
+and by :class:`odelab.callbacks.PreemptionCheckpoint` on SIGTERM) or ``checkpoints/*.ckpt``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from contextlib import suppress
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+log = logging.getLogger(__name__)
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint file that cannot be read (truncated, corrupt, not a Lightning checkpoint)."""
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """``torch.save`` to a temporary file in the target's directory, fsync, then ``os.replace``.
+
+    ``os.replace`` within one directory is atomic on POSIX: a write killed at any point (SIGKILL
+    after SLURM's ``KillWait``, a node failure) leaves the previous checkpoint intact, never a
+    truncated one. (Lightning's own ``_atomic_save`` stages in ``/tmp`` and moves across file
+    systems, which is a copy.) Remote URLs (``s3://``...) go through Lightning unchanged.
+    """
+
+    def save_checkpoint(
+        self, checkpoint: dict[str, Any], path: str | os.PathLike, storage_options: Any = None
+    ) -> None:
+        if storage_options is not None or "://" in str(path):
+            return super().save_checkpoint(checkpoint, path, storage_options)
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                torch.save(checkpoint, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            with suppress(OSError):
+                os.unlink(tmp)
+            raise
+
+
+def check_checkpoint(path: str | os.PathLike) -> None:
+    """Raise :class:`CheckpointError` naming ``path`` unless it loads as a Lightning checkpoint.
+
+    ``mmap=True`` reads the zip directory (at the end of the file, so a truncated file fails at
+    once) without reading every tensor.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist; check ckpt_path")
+    try:
+        ckpt = torch.load(path, map_location="cpu", mmap=True, weights_only=False)
+    except Exception as e:
+        raise CheckpointError(
+            f"checkpoint {path} is corrupt or truncated ({type(e).__name__}: {e}); delete it, "
+            "or pass ckpt_path=<another checkpoint>"
+        ) from e
+    missing = [k for k in ("state_dict", "epoch", "global_step") if k not in ckpt]
+    if missing:
+        raise CheckpointError(f"checkpoint {path} is not a Lightning checkpoint (no {missing})")
+
+
+def resume_candidates(output_dir: str | os.PathLike) -> list[Path]:
+    """Checkpoints a restart in ``output_dir`` could resume from, newest first (``last.ckpt``
+    before an equally new top-k file)."""
+    out = Path(output_dir)
+    files = [*out.glob("hpc_ckpt_*.ckpt"), *(out / "checkpoints").glob("*.ckpt")]
+    return sorted(files, key=lambda p: (p.stat().st_mtime_ns, p.name == "last.ckpt"), reverse=True)
+
+
+def find_resume_checkpoint(output_dir: str | os.PathLike) -> str | None:
+    """The newest readable checkpoint in ``output_dir`` (``None``: a fresh run).
+
+    An unreadable one is logged as an error naming it, and the previous one is used; when there
+    are checkpoints but none is readable this raises rather than silently starting over.
+    """
+    candidates = resume_candidates(output_dir)
+    for path in candidates:
+        try:
+            check_checkpoint(path)
+        except CheckpointError as e:
+            log.error("%s; resuming from the previous checkpoint instead", e)
+            continue
+        return str(path)
+    if candidates:
+        raise CheckpointError(
+            f"no readable checkpoint in {output_dir} (tried {[str(p) for p in candidates]}); "
+            "delete them, or set auto_resume=false to start this run over"
+        )
+    return None
+
+
+def hpc_checkpoints(output_dir: str | os.PathLike) -> list[Path]:
+    """Lightning's SLURM checkpoints (which ``trainer.test(ckpt_path=None)`` would load)."""
+    return sorted(Path(output_dir).glob("hpc_ckpt_*.ckpt"))
