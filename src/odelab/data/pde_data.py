@@ -199,6 +199,7 @@ class PDETrajectoryDataModule(pl.LightningDataModule):
         seed: int = 0,
         cache_dir: str | None = None,
         num_workers: int = 0,
+        pin_memory: bool = False,
     ):
         super().__init__()
         if equation not in EQUATIONS:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -175,32 +176,53 @@ class SymNet(nn.Module):
         dy = torch.einsum("f,...fq->...q", self.out.weight[0], dx)
         return y, dy
 
-    def polynomial(self, prune: float = 1e-10) -> dict[tuple[int, ...], float]:
-        """The network as an expanded polynomial {exponents: coefficient}; after each product,
-        terms with |coefficient| < ``prune`` are dropped (keeps 2^L-degree expansion small)."""
+    def polynomial(
+        self, prune: float = 1e-10, max_terms: int = 200
+    ) -> dict[tuple[int, ...], float]:
+        """The network as an expanded polynomial {exponents: coefficient}.
+
+        After each product unit, terms with |coefficient| < ``prune`` are dropped and at most
+        the ``max_terms`` largest are kept: an untrained L-layer SymNet has O(n^(2^L)) terms,
+        so the read-out of deep SymNets is a truncation (exact for trained sparse nets whose
+        products have few terms; :meth:`readout_error` measures it).
+        """
         n = self.n_in
-        feats = [{tuple(int(k == m) for k in range(n)): 1.0} for m in range(n)]
+        feats = [(np.eye(n, dtype=np.int64)[m : m + 1], np.ones(1)) for m in range(n)]
 
         def affine(w, b):
-            out: dict[tuple[int, ...], float] = {(0,) * n: b} if b else {}
-            for wi, f in zip(w, feats, strict=True):
-                for mono, c in f.items():
-                    out[mono] = out.get(mono, 0.0) + wi * c
-            return out
+            exps = [np.zeros((1, n), dtype=np.int64)] + [f[0] for f in feats]
+            coefs = [np.array([b])] + [wi * f[1] for wi, f in zip(w, feats, strict=True)]
+            return _collect(np.concatenate(exps), np.concatenate(coefs))
 
         for layer in self.layers:
-            w, b = layer.weight.detach().tolist(), layer.bias.detach().tolist()
-            a0, a1 = affine(w[0], b[0]), affine(w[1], b[1])
-            prod: dict[tuple[int, ...], float] = {}
-            for m0, c0 in a0.items():
-                for m1, c1 in a1.items():
-                    mono = tuple(x + y for x, y in zip(m0, m1, strict=True))
-                    prod[mono] = prod.get(mono, 0.0) + c0 * c1
-            feats.append({m: c for m, c in prod.items() if abs(c) >= prune})
-        out = affine(self.out.weight.detach()[0].tolist(), self.out.bias.detach().item())
-        return {m: c for m, c in out.items() if abs(c) >= prune}
+            w, b = layer.weight.detach().cpu().double().numpy(), layer.bias.detach().cpu().numpy()
+            (e0, c0), (e1, c1) = affine(w[0], b[0]), affine(w[1], b[1])
+            e = (e0[:, None, :] + e1[None, :, :]).reshape(-1, n)
+            e, c = _collect(e, (c0[:, None] * c1[None, :]).reshape(-1))
+            keep = np.abs(c) >= prune
+            e, c = e[keep], c[keep]
+            if len(c) > max_terms:
+                top = np.argsort(-np.abs(c))[:max_terms]
+                e, c = e[top], c[top]
+            feats.append((e, c))
+        w = self.out.weight.detach().cpu().double().numpy()[0]
+        e, c = affine(w, float(self.out.bias.detach()))
+        return {
+            tuple(int(x) for x in m): float(v)
+            for m, v in zip(e, c, strict=True)
+            if abs(v) >= prune
+        }
 
-    def expression(self, names: Sequence[str], calprec: int = 4):
+    def readout_error(self, x: torch.Tensor, poly: dict[tuple[int, ...], float]) -> float:
+        """Relative L2 difference between the net and its read-out polynomial on inputs x."""
+        with torch.no_grad():
+            y = self(x)
+        exps = torch.tensor(list(poly), dtype=x.dtype)
+        coefs = torch.tensor(list(poly.values()), dtype=x.dtype)
+        p = (torch.prod(x[..., None, :] ** exps, dim=-1) * coefs).sum(-1)
+        return float((p - y).norm() / y.norm().clamp_min(1e-300))
+
+    def expression(self, names: Sequence[str], calprec: int = 4, poly=None):
         """The learned polynomial as a sympy expression; terms with |coeff| < 10^−calprec
         dropped (``poly.expression()`` / ``poly.coeffs(calprec)``)."""
         import sympy
@@ -208,10 +230,16 @@ class SymNet(nn.Module):
         syms = sympy.symbols(list(names))
         terms = [
             round(c, calprec + 2) * sympy.Mul(*[s**e for s, e in zip(syms, m, strict=True)])
-            for m, c in self.polynomial().items()
+            for m, c in (poly if poly is not None else self.polynomial()).items()
             if abs(c) >= 10**-calprec
         ]
         return sympy.Add(*terms)
+
+
+def _collect(exps: np.ndarray, coefs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Sum the coefficients of equal exponent rows."""
+    uniq, inv = np.unique(exps, axis=0, return_inverse=True)
+    return uniq, np.bincount(inv.reshape(-1), weights=coefs, minlength=len(uniq))
 
 
 def feature_names(channels: Sequence[str], orders: Sequence[Order]) -> list[str]:
