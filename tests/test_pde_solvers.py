@@ -19,6 +19,14 @@ from odelab.data.pde import (
 from odelab.data.pde_data import PDETrajectoryDataModule, generate
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def _const(coefs):
     return lambda y, x: {o: c * torch.ones_like(x) for o, c in coefs.items()}
 

@@ -26,6 +26,15 @@ COVERED_EXPERIMENTS = [
 ]
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny float64 PDE ops run far faster on one thread (no sync cost on a shared machine)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def tiny(tmp_path, experiment: str) -> list[str]:
     """The experiment on an 8x8 grid (16x16 generator), 2 trajectories, 2 L-BFGS iterations."""
     return [
@@ -72,7 +81,7 @@ def test_v1_staged_run_bands_plot_and_stage_snapshots(run_experiment, tmp_path):
     m = res["metrics"]
     for k in ("test/coef_rel_l2", "test/coef_rel_l2_u_x", "test/stage0_blocks1_rel_l2_median"):
         assert k in m, sorted(m)
-    assert m["train/n_blocks"] == 3 and res["epochs"] == 2
+    assert m["train/n_blocks"] == 3 and m["train/stage"] == 2
     assert (out / "rollout_bands.png").stat().st_size > 1000
     import numpy as np
 

@@ -19,6 +19,14 @@ from odelab.papers.pdenet.models import (
 )
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def test_lagrange_field_reproduces_quadratics_and_interp1d_quartics():
     xs = torch.linspace(0, 2 * math.pi, 17, dtype=torch.float64)[:-1]
     field = LagrangeField2d(1, 4, 2, xs, xs)
