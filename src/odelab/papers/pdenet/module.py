@@ -142,15 +142,14 @@ class StagedPDELearner(pl.LightningModule):
         opt.step(closure=closure)
         with torch.no_grad():
             final = self.loss(u, s)
+        # this stage's parameters (kept here, before any end-of-epoch checkpoint is written)
+        self.stage_states[s] = copy.deepcopy(self.net.state_dict())
         state = getattr(opt, "optimizer", opt).state
         st = next(iter(state.values()), {}) if state else {}
         self.log("train/loss", final, prog_bar=True)
         self.log("train/stage", float(s))
         self.log("train/n_blocks", float(self.n_steps(s)))
         self.log("train/lbfgs_iters", float(st.get("n_iter", 0)))
-
-    def on_train_epoch_end(self) -> None:
-        self.stage_states[self.stage()] = copy.deepcopy(self.net.state_dict())
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["pdenet_stage_states"] = self.stage_states
