@@ -1,6 +1,6 @@
 """Overlay the rollout error bands (25/50/75 %) of several runs' ``rollout_bands.npz``.
 
-    python experiments/pdenet/compare_bands.py OUT.png LABEL=path/rollout_bands.npz ...
+python experiments/pdenet/compare_bands.py OUT.png LABEL=path/rollout_bands.npz ...
 """
 
 from __future__ import annotations
