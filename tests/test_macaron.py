@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from conftest import SHARED_DATA
 from odelab.nn.decoding import beam_search, greedy_decode
 from odelab.nn.transformer import Seq2SeqTransformer, TransformerLayer, standard_steps
 from odelab.papers.macaron.model import MacaronTransformer, macaron_steps
@@ -145,3 +146,169 @@ def test_beam_search_finds_the_exhaustive_optimum_on_a_tiny_problem():
         assert sc[0] == pytest.approx(_score(m, src, best, lenpen), abs=1e-9)
     # beam 1 is greedy decoding
     assert beam_search(m, src, beam=1, lenpen=0.0, max_len_b=3) == greedy_decode(m, src, 0, 3)
+
+
+# ---------------------------------------------------------------- BLEU, loss, schedule
+
+
+def test_tok_bleu_equals_sacrebleu_tokenize_none():
+    import random
+
+    import sacrebleu
+
+    from odelab.modules.bleu import tok_bleu
+
+    rng = random.Random(0)
+    words = "a man in a blue shirt is riding a bike on the street . two dogs play".split()
+    refs = [" ".join(rng.choices(words, k=rng.randint(3, 15))) for _ in range(60)]
+    hyps = [
+        " ".join(w if rng.random() < 0.7 else rng.choice(words) for w in r.split()[: -1 or None])
+        for r in refs
+    ]
+    ours = tok_bleu(hyps, refs)
+    ref = sacrebleu.corpus_bleu(hyps, [refs], tokenize="none", force=True)
+    assert ours["bleu"] == pytest.approx(ref.score, abs=1e-9)
+    assert ours["precisions"] == pytest.approx(ref.precisions, abs=1e-9)
+    assert ours["bp"] == pytest.approx(ref.bp, abs=1e-12)
+    assert tok_bleu(refs, refs)["bleu"] == pytest.approx(100.0)
+    assert tok_bleu(["x y z"], ["a b c d"])["bleu"] == 0.0
+
+
+def test_label_smoothed_loss_matches_the_formula_in_float64():
+    from odelab.modules.translation import label_smoothed_nll
+
+    torch.manual_seed(0)
+    logits = torch.randn(2, 3, 7, dtype=torch.float64)
+    tgt = torch.tensor([[3, 4, 1], [5, 1, 1]])  # 1 = pad
+    loss, nll, n = label_smoothed_nll(logits.double(), tgt, 0.1, 1)
+    lp = torch.log_softmax(logits, -1)
+    want_loss = want_nll = 0.0
+    for b, t in [(0, 0), (0, 1), (1, 0)]:
+        y = tgt[b, t]
+        want_nll += -lp[b, t, y].item()
+        want_loss += 0.9 * -lp[b, t, y].item() + 0.1 / 7 * -lp[b, t].sum().item()
+    assert n.item() == 3
+    assert nll.item() == pytest.approx(want_nll, rel=1e-6)
+    assert loss.item() == pytest.approx(want_loss, rel=1e-6)
+    # PyTorch's label smoothing is the same loss (mean over tokens)
+    ce = torch.nn.functional.cross_entropy(
+        logits.reshape(-1, 7), tgt.reshape(-1), ignore_index=1, label_smoothing=0.1
+    )
+    assert (loss / n).item() == pytest.approx(ce.item(), rel=1e-6)
+
+
+def test_inverse_sqrt_schedule():
+    from odelab.modules.translation import InverseSqrtLR
+
+    opt = torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))], lr=1.5e-3)
+    sched = InverseSqrtLR(opt, warmup_updates=4, warmup_init_lr=1e-7)
+    lrs = []
+    for _ in range(9):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs[0] == pytest.approx(1e-7)
+    assert lrs[2] == pytest.approx(1e-7 + (1.5e-3 - 1e-7) * 2 / 4)
+    assert lrs[4] == pytest.approx(1.5e-3)
+    assert lrs[8] == pytest.approx(1.5e-3 * (4 / 8) ** 0.5)
+
+
+def test_checkpoint_averaging(tmp_path):
+    from odelab.callbacks.averaging import average_checkpoints
+
+    paths = []
+    for i in range(3):
+        p = tmp_path / f"{i}.ckpt"
+        torch.save({"state_dict": {"w": torch.full((2,), float(i)), "n": torch.tensor(i)}}, p)
+        paths.append(p)
+    avg = average_checkpoints(paths)
+    torch.testing.assert_close(avg["w"], torch.full((2,), 1.0))
+    assert avg["n"].item() == 2  # integer buffers come from the last checkpoint
+
+
+# ---------------------------------------------------------------- data pipeline
+
+
+def test_moses_clean_bpe_pipeline_pieces():
+    from odelab.data.translation import BPECodes, clean_pairs, learn_bpe, tokenize
+
+    # tokenizer.perl's rules: English keeps 's together, other languages split the apostrophe
+    de = tokenize(["Ein Mann's Hund, der \"läuft\"."], "de", lowercase=True)[0]
+    assert de == ["ein", "mann", "&apos;", "s", "hund", ",", "der", "&quot;", "läuft", "&quot;", "."]
+    en = tokenize(["A Man's dog."], "en", lowercase=False)[0]
+    assert en == ["A", "Man", "&apos;s", "dog", "."]
+    src = [["a"] * 3, ["a"] * 10, [], ["a"] * 200, ["a"] * 4]
+    tgt = [["b"] * 4, ["b"] * 5, ["b"], ["b"] * 200, ["b"] * 6]
+    assert clean_pairs(src, tgt, ratio=1.5, max_len=175) == [0, 4]
+    lines = [["lower", "lowest", "newer", "newest"]] * 5
+    codes = learn_bpe(lines, 8)
+    bpe = BPECodes(codes)
+    pieces = bpe.apply(["lowest", "unknownword"])
+    assert BPECodes.remove(pieces) == ["lowest", "unknownword"]
+    assert any(p.endswith("@@") for p in bpe.apply(["unknownword"]))
+
+
+def test_token_batches_respect_max_tokens_and_cover_everything():
+    import random
+
+    from odelab.data.translation import ShuffledBatchSampler, token_batches
+
+    rng = random.Random(0)
+    s = [rng.randint(1, 40) for _ in range(500)]
+    t = [rng.randint(1, 40) for _ in range(500)]
+    batches = token_batches(s, t, max_tokens=200)
+    assert sorted(i for b in batches for i in b) == list(range(500))
+    assert all(len(b) * max(max(s[i], t[i]) for i in b) <= 200 for b in batches)
+    sampler = ShuffledBatchSampler(batches, shuffle=True, seed=3)
+    e0 = list(sampler)
+    sampler.set_epoch(1)
+    assert list(sampler) != e0 and sorted(map(tuple, e0)) == sorted(map(tuple, batches))
+    sampler.set_epoch(0)
+    assert list(sampler) == e0
+    with pytest.raises(ValueError, match="max_tokens"):
+        token_batches([300], [3], max_tokens=200)
+
+
+MULTI30K = SHARED_DATA / "multi30k" / "raw"
+needs_multi30k = pytest.mark.skipif(
+    not (MULTI30K / "train.de.gz").is_file(), reason=f"no Multi30k copy at {MULTI30K}"
+)
+
+
+@needs_multi30k
+def test_multi30k_pipeline_on_the_real_files(tmp_path):
+    from odelab.data.translation import TranslationDataModule
+
+    kw = dict(corpus="multi30k", data_dir=str(SHARED_DATA), bpe_merges=300, train_subset=400,
+              eval_subset=50, max_tokens=300, cache_dir=str(tmp_path))  # fmt: skip
+    dm = TranslationDataModule(**kw)
+    dm.prepare_data()
+    dm.setup()
+    tr, va = dm.split("train"), dm.split("valid")
+    assert 380 <= len(tr["src"]) <= 400 and len(va["src"]) == 50  # cleaning drops a few
+    assert tr["ref_tok"][0] == "two young , white males are outside near many bushes ."
+    assert va["ref_raw"][0][0].isupper()  # raw references keep their case (sacreBLEU)
+    assert all(x[-1] == dm.vocab.eos for x in tr["src"])
+    src, prev, tgt, ids = next(iter(dm.train_dataloader()))
+    assert src.numel() <= 300 and prev[:, 0].eq(dm.vocab.bos).all()
+    shifted = prev[:, 1:] != dm.vocab.pad  # prev = <s> y_1 .. y_{n-1}, tgt = y_1 .. y_n </s>
+    assert torch.equal(prev[:, 1:][shifted], tgt[:, :-1][shifted])
+    i = ids[0].item()
+    tok, detok = dm.to_text(tr["tgt"][i])
+    assert tok == tr["ref_tok"][i] and detok.lower() == detok  # BPE removal round-trips
+    mtime = dm.cache_file.stat().st_mtime
+    again = TranslationDataModule(**kw)
+    again.prepare_data()
+    assert again.cache_file == dm.cache_file and dm.cache_file.stat().st_mtime == mtime
+    assert TranslationDataModule(**{**kw, "bpe_merges": 301}).cache_file != dm.cache_file
+
+
+def test_missing_corpus_is_a_dataset_error(tmp_path):
+    from odelab.data.errors import DatasetError
+    from odelab.data.translation import read_corpus
+
+    for corpus in ("multi30k", "iwslt14", "wmt14"):
+        with pytest.raises(DatasetError, match="data.download=true"):
+            read_corpus(corpus, tmp_path, "de", "en") if corpus != "wmt14" else read_corpus(
+                corpus, tmp_path, "en", "de"
+            )

@@ -1,7 +1,11 @@
 """Callbacks shared by every paper."""
 
+from odelab.callbacks.averaging import AverageLastCheckpoints, average_checkpoints
 from odelab.callbacks.control import RNGStateCallback, StopAfterEpochs
 from odelab.callbacks.results import ResultsWriter, load_reference
 from odelab.callbacks.timing import EpochTimer
 
-__all__ = ["EpochTimer", "RNGStateCallback", "ResultsWriter", "StopAfterEpochs", "load_reference"]
+__all__ = [
+    "AverageLastCheckpoints",
+    "average_checkpoints",
+   "EpochTimer", "RNGStateCallback", "ResultsWriter", "StopAfterEpochs", "load_reference"]
