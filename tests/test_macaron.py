@@ -10,6 +10,18 @@ from odelab.nn.decoding import beam_search, greedy_decode
 from odelab.nn.transformer import Seq2SeqTransformer, TransformerLayer, standard_steps
 from odelab.papers.macaron.model import MacaronTransformer, macaron_steps
 
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """One intra-op thread: on a loaded 2-core machine, two spinning OpenMP threads make the
+    many small matmuls of step-by-step decoding ~100x slower."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 # (d_model, heads, layers, baseline ffn) of the spec's architectures (Sec. 3.1)
 ARCHS = {
     "iwslt_small": (512, 4, 6, 1024),
@@ -312,3 +324,136 @@ def test_missing_corpus_is_a_dataset_error(tmp_path):
             read_corpus(corpus, tmp_path, "de", "en") if corpus != "wmt14" else read_corpus(
                 corpus, tmp_path, "en", "de"
             )
+
+
+# ---------------------------------------------------------------- experiments (debug=fdr)
+
+COVERED_EXPERIMENTS = [
+    "macaron_iwslt14",
+    "transformer_iwslt14",
+    "macaron_wmt14_base",
+    "transformer_wmt14_base",
+    "macaron_wmt14_big",
+    "transformer_wmt14_big",
+    "macaron_multi30k",
+    "transformer_multi30k",
+    "macaron_bert_base",
+    "bert_base",
+    "glue_cola",
+    "glue_sst2",
+    "glue_mrpc",
+    "glue_stsb",
+    "glue_qqp",
+    "glue_mnli",
+    "glue_mnli_mm",
+    "glue_qnli",
+    "glue_rte",
+]
+
+_DE = "ein mann fährt fahrrad . zwei hunde spielen im park . eine frau liest ein buch".split()
+_EN = "a man rides a bike . two dogs play in the park . a woman reads a book".split()
+
+
+def _sentences(n: int, seed: int, words: list[str]) -> list[str]:
+    import random
+
+    rng = random.Random(seed)
+    return [" ".join(rng.choices(words, k=rng.randint(3, 9))).capitalize() for _ in range(n)]
+
+
+def write_iwslt14(root, n_train: int = 120, n_test: int = 6) -> None:
+    """The layout of fairseq's de-en.tgz: tagged training text, xml dev/test sets."""
+    d = root / "iwslt14" / "de-en"
+    d.mkdir(parents=True)
+    for lang, words in (("de", _DE), ("en", _EN)):
+        lines = ["<url>http://www.ted.com/talks/x.html</url>", "<talkid>1</talkid>",
+                 "<keywords>talks</keywords>", f"<title>{words[0]} title</title>",
+                 *_sentences(n_train, 0, words)]  # fmt: skip
+        (d / f"train.tags.de-en.{lang}").write_text("\n".join(lines) + "\n")
+        from odelab.data.translation import IWSLT14_TEST
+
+        for k, name in enumerate(IWSLT14_TEST):
+            segs = [f'<seg id="{i + 1}"> {s} </seg>' for i, s in
+                    enumerate(_sentences(n_test, 10 + k, words))]  # fmt: skip
+            xml = ["<mteval>", '<doc docid="1">', *segs, "</doc>", "</mteval>"]
+            (d / f"{name}.de-en.{lang}.xml").write_text("\n".join(xml) + "\n")
+
+
+def write_wmt14(root, n: int = 40) -> None:
+    """The files the WMT14 archives extract to (training/, dev/, test-full/)."""
+    from odelab.data.translation import WMT14_TRAIN
+
+    d = root / "wmt14_en_de"
+    for lang, words in (("de", _DE), ("en", _EN)):
+        for k, c in enumerate(WMT14_TRAIN):
+            (d / c).parent.mkdir(parents=True, exist_ok=True)
+            (d / f"{c}.{lang}").write_text("\n".join(_sentences(n, k, words)) + "\n")
+        (d / "dev").mkdir(exist_ok=True)
+        (d / "dev" / f"newstest2013.{lang}").write_text("\n".join(_sentences(8, 7, words)) + "\n")
+        (d / "test-full").mkdir(exist_ok=True)
+        kind = "src" if lang == "en" else "ref"
+        segs = [f'<seg id="{i + 1}">{s}</seg>' for i, s in enumerate(_sentences(8, 8, words))]
+        (d / "test-full" / f"newstest2014-deen-{kind}.{lang}.sgm").write_text(
+            "\n".join(['<refset setid="newstest2014">', '<doc docid="1">', *segs, "</doc>"])
+        )
+
+
+@pytest.fixture(scope="module")
+def mt_data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("mt")
+    write_iwslt14(root)
+    write_wmt14(root)
+    return root
+
+
+TINY_NET = ["model.net.d_model=16", "model.net.heads=2", "model.net.enc_layers=1",
+            "model.net.dec_layers=1", "model.net.ffn_dim=32"]  # fmt: skip
+
+
+def _fdr(run_experiment, tmp_path, exp, data_dir, extra=()):
+    overrides = [f"experiment={exp}", "debug=fdr", "logger=csv", f"paths.data_dir={data_dir}",
+                 f"data.cache_dir={tmp_path / 'cache'}", "data.bpe_merges=60",
+                 "model.max_len_b=5", *extra]  # fmt: skip
+    return run_experiment(overrides, name=exp)
+
+
+@pytest.mark.parametrize(
+    "exp",
+    ["macaron_iwslt14", "transformer_iwslt14", "macaron_wmt14_base", "transformer_wmt14_base",
+     "macaron_wmt14_big", "transformer_wmt14_big"],  # fmt: skip
+)
+def test_paper_translation_experiments_fdr(exp, run_experiment, mt_data, tmp_path):
+    """The paper recipes on tiny canonical-format files; the network shrunk to CPU size (the
+    full-size networks are checked in test_full_size_networks_build_and_step, slow)."""
+    from conftest import compose
+
+    cfg = compose([f"experiment={exp}"], tmp_path / "c")
+    big = "big" in exp
+    assert cfg.model.net.d_model == (1024 if big else 512)
+    assert cfg.model.net.macaron == exp.startswith("macaron")
+    assert cfg.data.corpus == ("iwslt14" if "iwslt" in exp else "wmt14")
+    _fdr(run_experiment, tmp_path, exp, mt_data, TINY_NET)
+
+
+@needs_multi30k
+@pytest.mark.parametrize("exp", ["macaron_multi30k", "transformer_multi30k"])
+def test_multi30k_experiments_fdr(exp, run_experiment, tmp_path):
+    """Real Multi30k files (a slice), the experiment's own network size."""
+    _fdr(run_experiment, tmp_path, exp, SHARED_DATA,
+         ["data.train_subset=300", "data.eval_subset=20", "data.max_tokens=512"])  # fmt: skip
+
+
+@needs_multi30k
+def test_multi30k_tiny_training_run_writes_bleu(run_experiment, tmp_path):
+    """Two real epochs on a slice: val loss falls, both BLEUs are logged, averaging works."""
+    import json
+
+    _, out = _fdr(run_experiment, tmp_path, "macaron_multi30k", SHARED_DATA,
+                  ["~debug", "data.train_subset=300", "data.eval_subset=16",
+                   "data.max_tokens=1024", "trainer.max_epochs=2", "callbacks.average.n=2",
+                   "test_ckpt=last", "model.beam=2", *TINY_NET])  # fmt: skip
+    res = json.loads((out / "results.json").read_text())
+    m = res["metrics"]
+    for k in ("val/loss", "val/bleu", "val/sacrebleu", "test/bleu", "test/sacrebleu", "test/loss"):
+        assert k in m and m[k] == m[k], k
+    assert (out / "checkpoints" / "avg" / "averaged.pt").is_file()

@@ -76,7 +76,8 @@ class TranslationModule(pl.LightningModule):
         label_smoothing: eps of the label-smoothed CE.
         beam, lenpen, max_len_a, max_len_b: test-time beam search (beam 1 is greedy).
         val_decode: ``greedy`` | ``beam`` | ``none`` for validation BLEU;
-            ``val_bleu_every`` epochs; ``val_bleu_max_sentences`` caps the sentences decoded.
+            ``val_bleu_every`` epochs; ``val_bleu_max_sentences``: decode only the split's first N
+            sentences (in file order, not the shortest).
     """
 
     def __init__(self, net: Callable[..., nn.Module], optimizer: Callable, scheduler=None,
@@ -134,13 +135,15 @@ class TranslationModule(pl.LightningModule):
 
     def _decode_batch(self, batch, split: str) -> None:
         hp = self.hparams
+        src, _, _, ids = batch
         if split == "val":
             if hp.val_decode == "none" or (self.current_epoch + 1) % hp.val_bleu_every:
                 return
-            cap = hp.val_bleu_max_sentences
-            if cap is not None and len(self._hyps.get(split, [])) >= cap:
-                return
-        src, _, _, ids = batch
+            if hp.val_bleu_max_sentences is not None:  # the first N sentences of the split
+                keep = ids < hp.val_bleu_max_sentences
+                if not keep.any():
+                    return
+                src, ids = src[keep], ids[keep]
         beam = hp.beam if split == "test" or hp.val_decode == "beam" else 1
         kw = dict(max_len_a=hp.max_len_a, max_len_b=hp.max_len_b)
         if beam == 1:
