@@ -11,7 +11,6 @@ from odelab.nn.transformer import Seq2SeqTransformer, TransformerLayer, standard
 from odelab.papers.macaron.model import MacaronTransformer, macaron_steps
 
 
-
 @pytest.fixture(autouse=True, scope="module")
 def _one_thread():
     """One intra-op thread: on a loaded 2-core machine, two spinning OpenMP threads make the
@@ -171,7 +170,25 @@ def test_tok_bleu_equals_sacrebleu_tokenize_none():
     from odelab.modules.bleu import tok_bleu
 
     rng = random.Random(0)
-    words = "a man in a blue shirt is riding a bike on the street . two dogs play".split()
+    words = [
+        "a",
+        "man",
+        "in",
+        "a",
+        "blue",
+        "shirt",
+        "is",
+        "riding",
+        "a",
+        "bike",
+        "on",
+        "the",
+        "street",
+        ".",
+        "two",
+        "dogs",
+        "play",
+    ]
     refs = [" ".join(rng.choices(words, k=rng.randint(3, 15))) for _ in range(60)]
     hyps = [
         " ".join(w if rng.random() < 0.7 else rng.choice(words) for w in r.split()[: -1 or None])
@@ -245,8 +262,20 @@ def test_moses_clean_bpe_pipeline_pieces():
     from odelab.data.translation import BPECodes, clean_pairs, learn_bpe, tokenize
 
     # tokenizer.perl's rules: English keeps 's together, other languages split the apostrophe
-    de = tokenize(["Ein Mann's Hund, der \"läuft\"."], "de", lowercase=True)[0]
-    assert de == ["ein", "mann", "&apos;", "s", "hund", ",", "der", "&quot;", "läuft", "&quot;", "."]
+    de = tokenize(['Ein Mann\'s Hund, der "läuft".'], "de", lowercase=True)[0]
+    assert de == [
+        "ein",
+        "mann",
+        "&apos;",
+        "s",
+        "hund",
+        ",",
+        "der",
+        "&quot;",
+        "läuft",
+        "&quot;",
+        ".",
+    ]
     en = tokenize(["A Man's dog."], "en", lowercase=False)[0]
     assert en == ["A", "Man", "&apos;s", "dog", "."]
     src = [["a"] * 3, ["a"] * 10, [], ["a"] * 200, ["a"] * 4]
@@ -291,8 +320,15 @@ needs_multi30k = pytest.mark.skipif(
 def test_multi30k_pipeline_on_the_real_files(tmp_path):
     from odelab.data.translation import TranslationDataModule
 
-    kw = dict(corpus="multi30k", data_dir=str(SHARED_DATA), bpe_merges=300, train_subset=400,
-              eval_subset=50, max_tokens=300, cache_dir=str(tmp_path))  # fmt: skip
+    kw = dict(
+        corpus="multi30k",
+        data_dir=str(SHARED_DATA),
+        bpe_merges=300,
+        train_subset=400,
+        eval_subset=50,
+        max_tokens=300,
+        cache_dir=str(tmp_path),
+    )
     dm = TranslationDataModule(**kw)
     dm.prepare_data()
     dm.setup()
@@ -350,8 +386,44 @@ COVERED_EXPERIMENTS = [
     "glue_rte",
 ]
 
-_DE = "ein mann fährt fahrrad . zwei hunde spielen im park . eine frau liest ein buch".split()
-_EN = "a man rides a bike . two dogs play in the park . a woman reads a book".split()
+_DE = [
+    "ein",
+    "mann",
+    "fährt",
+    "fahrrad",
+    ".",
+    "zwei",
+    "hunde",
+    "spielen",
+    "im",
+    "park",
+    ".",
+    "eine",
+    "frau",
+    "liest",
+    "ein",
+    "buch",
+]
+_EN = [
+    "a",
+    "man",
+    "rides",
+    "a",
+    "bike",
+    ".",
+    "two",
+    "dogs",
+    "play",
+    "in",
+    "the",
+    "park",
+    ".",
+    "a",
+    "woman",
+    "reads",
+    "a",
+    "book",
+]
 
 
 def _sentences(n: int, seed: int, words: list[str]) -> list[str]:
@@ -366,15 +438,21 @@ def write_iwslt14(root, n_train: int = 120, n_test: int = 6) -> None:
     d = root / "iwslt14" / "de-en"
     d.mkdir(parents=True)
     for lang, words in (("de", _DE), ("en", _EN)):
-        lines = ["<url>http://www.ted.com/talks/x.html</url>", "<talkid>1</talkid>",
-                 "<keywords>talks</keywords>", f"<title>{words[0]} title</title>",
-                 *_sentences(n_train, 0, words)]  # fmt: skip
+        lines = [
+            "<url>http://www.ted.com/talks/x.html</url>",
+            "<talkid>1</talkid>",
+            "<keywords>talks</keywords>",
+            f"<title>{words[0]} title</title>",
+            *_sentences(n_train, 0, words),
+        ]
         (d / f"train.tags.de-en.{lang}").write_text("\n".join(lines) + "\n")
         from odelab.data.translation import IWSLT14_TEST
 
         for k, name in enumerate(IWSLT14_TEST):
-            segs = [f'<seg id="{i + 1}"> {s} </seg>' for i, s in
-                    enumerate(_sentences(n_test, 10 + k, words))]  # fmt: skip
+            segs = [
+                f'<seg id="{i + 1}"> {s} </seg>'
+                for i, s in enumerate(_sentences(n_test, 10 + k, words))
+            ]
             xml = ["<mteval>", '<doc docid="1">', *segs, "</doc>", "</mteval>"]
             (d / f"{name}.de-en.{lang}.xml").write_text("\n".join(xml) + "\n")
 
@@ -406,21 +484,39 @@ def mt_data(tmp_path_factory):
     return root
 
 
-TINY_NET = ["model.net.d_model=16", "model.net.heads=2", "model.net.enc_layers=1",
-            "model.net.dec_layers=1", "model.net.ffn_dim=32"]  # fmt: skip
+TINY_NET = [
+    "model.net.d_model=16",
+    "model.net.heads=2",
+    "model.net.enc_layers=1",
+    "model.net.dec_layers=1",
+    "model.net.ffn_dim=32",
+]
 
 
-def _fdr(run_experiment, tmp_path, exp, data_dir, extra=()):
-    overrides = [f"experiment={exp}", "debug=fdr", "logger=csv", f"paths.data_dir={data_dir}",
-                 f"data.cache_dir={tmp_path / 'cache'}", "data.bpe_merges=60",
-                 "model.max_len_b=5", *extra]  # fmt: skip
+def _fdr(run_experiment, cache_dir, exp, data_dir, extra=()):
+    overrides = [
+        f"experiment={exp}",
+        "debug=fdr",
+        "logger=csv",
+        f"paths.data_dir={data_dir}",
+        f"data.cache_dir={cache_dir}",
+        "data.bpe_merges=60",
+        "model.max_len_b=5",
+        *extra,
+    ]
     return run_experiment(overrides, name=exp)
 
 
 @pytest.mark.parametrize(
     "exp",
-    ["macaron_iwslt14", "transformer_iwslt14", "macaron_wmt14_base", "transformer_wmt14_base",
-     "macaron_wmt14_big", "transformer_wmt14_big"],  # fmt: skip
+    [
+        "macaron_iwslt14",
+        "transformer_iwslt14",
+        "macaron_wmt14_base",
+        "transformer_wmt14_base",
+        "macaron_wmt14_big",
+        "transformer_wmt14_big",
+    ],
 )
 def test_paper_translation_experiments_fdr(exp, run_experiment, mt_data, tmp_path):
     """The paper recipes on tiny canonical-format files; the network shrunk to CPU size (the
@@ -432,28 +528,266 @@ def test_paper_translation_experiments_fdr(exp, run_experiment, mt_data, tmp_pat
     assert cfg.model.net.d_model == (1024 if big else 512)
     assert cfg.model.net.macaron == exp.startswith("macaron")
     assert cfg.data.corpus == ("iwslt14" if "iwslt" in exp else "wmt14")
-    _fdr(run_experiment, tmp_path, exp, mt_data, TINY_NET)
+    _fdr(run_experiment, mt_data / "cache", exp, mt_data, TINY_NET)
+
+
+@pytest.fixture(scope="module")
+def m30k_cache(tmp_path_factory):
+    """One prepared Multi30k slice shared by the tests below (the data settings are equal)."""
+    return tmp_path_factory.mktemp("m30k_cache")
+
+
+M30K_SLICE = ["data.train_subset=300", "data.eval_subset=20"]
 
 
 @needs_multi30k
 @pytest.mark.parametrize("exp", ["macaron_multi30k", "transformer_multi30k"])
-def test_multi30k_experiments_fdr(exp, run_experiment, tmp_path):
+def test_multi30k_experiments_fdr(exp, run_experiment, m30k_cache):
     """Real Multi30k files (a slice), the experiment's own network size."""
-    _fdr(run_experiment, tmp_path, exp, SHARED_DATA,
-         ["data.train_subset=300", "data.eval_subset=20", "data.max_tokens=512"])  # fmt: skip
+    _fdr(run_experiment, m30k_cache, exp, SHARED_DATA, [*M30K_SLICE, "data.max_tokens=512"])
 
 
 @needs_multi30k
-def test_multi30k_tiny_training_run_writes_bleu(run_experiment, tmp_path):
+def test_multi30k_tiny_training_run_writes_bleu(run_experiment, m30k_cache):
     """Two real epochs on a slice: val loss falls, both BLEUs are logged, averaging works."""
     import json
 
-    _, out = _fdr(run_experiment, tmp_path, "macaron_multi30k", SHARED_DATA,
-                  ["~debug", "data.train_subset=300", "data.eval_subset=16",
-                   "data.max_tokens=1024", "trainer.max_epochs=2", "callbacks.average.n=2",
-                   "test_ckpt=last", "model.beam=2", *TINY_NET])  # fmt: skip
+    _, out = _fdr(
+        run_experiment,
+        m30k_cache,
+        "macaron_multi30k",
+        SHARED_DATA,
+        [
+            "~debug",
+            *M30K_SLICE,
+            "data.max_tokens=1024",
+            "trainer.max_epochs=2",
+            "callbacks.average.n=2",
+            "test_ckpt=last",
+            "model.beam=2",
+            *TINY_NET,
+        ],
+    )
     res = json.loads((out / "results.json").read_text())
     m = res["metrics"]
     for k in ("val/loss", "val/bleu", "val/sacrebleu", "test/bleu", "test/sacrebleu", "test/loss"):
         assert k in m and m[k] == m[k], k
     assert (out / "checkpoints" / "avg" / "averaged.pt").is_file()
+
+
+# ---------------------------------------------------------------- BERT and GLUE
+
+_DOCS = [
+    ["The cat sat on the mat.", "It was a sunny day.", "Then the cat slept."],
+    ["Stocks rose on Monday.", "Investors were happy.", "Markets closed higher."],
+    ["A man rides a bike.", "He wears a red helmet.", "The road is long.", "He is tired."],
+]
+
+
+def write_bert_corpus(root) -> None:
+    d = root / "bert_corpus"
+    d.mkdir(parents=True)
+    text = "\n\n".join("\n".join(doc) for doc in _DOCS) + "\n"
+    (d / "train.txt").write_text(text)
+    (d / "valid.txt").write_text(text)
+
+
+# One canonical GLUE row per task (the columns download_glue_data.py writes).
+_GLUE_ROWS = {
+    "CoLA": (None, ["gj04\t1\t\tThe cat sat on the mat.", "gj04\t0\t*\tMat the on sat cat."]),
+    "SST-2": ("sentence\tlabel", ["a great movie .\t1", "a dull film .\t0"]),
+    "MRPC": (
+        "Quality\t#1 ID\t#2 ID\t#1 String\t#2 String",
+        ["1\t1\t2\tThe cat sat.\tA cat was sitting.", "0\t3\t4\tStocks rose.\tIt rained."],
+    ),
+    "STS-B": (
+        "index\tgenre\tfilename\tyear\told_index\tsource1\tsource2\tsentence1\tsentence2\tscore",
+        [
+            "0\tmain\tx\t2012\t1\tnone\tnone\tA man rides.\tA man is riding.\t4.2",
+            "1\tmain\tx\t2012\t2\tnone\tnone\tA cat.\tStocks rose.\t0.4",
+        ],
+    ),
+    "QQP": (
+        "id\tqid1\tqid2\tquestion1\tquestion2\tis_duplicate",
+        ["0\t1\t2\tHow old is it?\tWhat is its age?\t1", "1\t3\t4\tWhy?\tWhere?\t0"],
+    ),
+    "MNLI": (
+        "index\tpromptID\tpairID\tgenre\tsentence1_binary_parse\tsentence2_binary_parse\t"
+        "sentence1_parse\tsentence2_parse\tsentence1\tsentence2\tlabel1\tgold_label",
+        [
+            "0\t1\t1\tfic\t-\t-\t-\t-\tA man rides.\tA man moves.\tentailment\tentailment",
+            "1\t2\t2\tfic\t-\t-\t-\t-\tA cat.\tA dog.\tcontradiction\tcontradiction",
+            "2\t3\t3\tfic\t-\t-\t-\t-\tIt rains.\tIt is May.\tneutral\tneutral",
+        ],
+    ),
+    "QNLI": (
+        "index\tquestion\tsentence\tlabel",
+        ["0\tWho rides?\tA man rides.\tentailment", "1\tWhy?\tIt is May.\tnot_entailment"],
+    ),
+    "RTE": (
+        "index\tsentence1\tsentence2\tlabel",
+        ["0\tA man rides.\tA man moves.\tentailment", "1\tA cat.\tA dog.\tnot_entailment"],
+    ),
+}
+
+
+def write_glue(root) -> None:
+    for folder, (header, rows) in _GLUE_ROWS.items():
+        d = root / "glue" / folder
+        d.mkdir(parents=True)
+        lines = ([header] if header else []) + rows * 4
+        names = (
+            ["train.tsv", "dev_matched.tsv", "dev_mismatched.tsv"]
+            if folder == "MNLI"
+            else ["train.tsv", "dev.tsv"]
+        )
+        for n in names:
+            (d / n).write_text("\n".join(lines) + "\n")
+
+
+@pytest.fixture(scope="module")
+def bert_data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("bert")
+    write_bert_corpus(root)
+    write_glue(root)
+    return root
+
+
+def test_mask_tokens_80_10_10():
+    from odelab.papers.macaron.bert_module import mask_tokens
+
+    g = torch.Generator().manual_seed(0)
+    tokens = torch.randint(5, 100, (200, 200), generator=g)
+    tokens[:, 0] = 0
+    x, tgt = mask_tokens(tokens, 101, 100, {0, 1, 2, 3}, 0.15, g)
+    chosen = tgt.ne(-100)
+    assert not chosen[:, 0].any()  # never a special token
+    assert chosen.float().mean().item() == pytest.approx(0.15 * 199 / 200, abs=0.01)
+    assert torch.equal(tgt[chosen], tokens[chosen])
+    masked = x[chosen].eq(100).float().mean().item()
+    same = x[chosen].eq(tokens[chosen]).float().mean().item()
+    assert masked == pytest.approx(0.8, abs=0.02) and same == pytest.approx(0.1, abs=0.02)
+    assert torch.equal(x[~chosen], tokens[~chosen])
+
+
+def test_glue_reader_on_canonical_rows(bert_data):
+    from odelab.data.glue import GLUE_TASKS, read_glue
+
+    a, b, y = read_glue("stsb", bert_data / "glue" / "STS-B" / "train.tsv")
+    assert a[0] == "A man rides." and b[0] == "A man is riding." and y[:2] == [4.2, 0.4]
+    a, b, y = read_glue("cola", bert_data / "glue" / "CoLA" / "train.tsv")
+    assert b is None and y[:2] == [1, 0]
+    _, _, y = read_glue("mnli", bert_data / "glue" / "MNLI" / "dev_matched.tsv")
+    assert y[:3] == [1, 0, 2] and GLUE_TASKS["mnli_mm"].dev == "dev_mismatched.tsv"
+
+
+BERT_TINY = [
+    "model.net.d_model=16",
+    "model.net.heads=2",
+    "model.net.layers=2",
+    "model.net.ffn_dim=32",
+    "model.net.max_positions=64",
+    "data.max_len=64",
+]
+
+
+@pytest.mark.parametrize("exp", ["macaron_bert_base", "bert_base"])
+def test_bert_pretraining_fdr(exp, run_experiment, bert_data, tmp_path):
+    from conftest import compose
+
+    cfg = compose([f"experiment={exp}"], tmp_path / "c")
+    assert cfg.model.net.d_model == 768 and cfg.model.net.layers == 12
+    assert cfg.model.net.macaron == (exp == "macaron_bert_base") and cfg.seed == 3
+    run_experiment(
+        [
+            f"experiment={exp}",
+            "debug=fdr",
+            "logger=csv",
+            f"paths.data_dir={bert_data}",
+            f"data.cache_dir={tmp_path}",
+            "data.bpe_merges=50",
+            "data.batch_size=4",
+            *BERT_TINY,
+        ],
+        name=exp,
+    )
+
+
+GLUE = ["cola", "sst2", "mrpc", "stsb", "qqp", "mnli", "mnli_mm", "qnli", "rte"]
+
+
+@pytest.mark.parametrize("task", GLUE)
+def test_glue_fdr(task, run_experiment, bert_data, tmp_path):
+    run_experiment(
+        [
+            f"experiment=glue_{task}",
+            "debug=fdr",
+            "logger=csv",
+            f"paths.data_dir={bert_data}",
+            f"data.cache_dir={tmp_path}",
+            "data.bpe_merges=40",
+            *BERT_TINY,
+        ],
+        name=task,
+    )
+
+
+def test_pretrain_then_finetune(run_experiment, bert_data, tmp_path):
+    """A pre-training checkpoint's encoder and vocabulary carry over into GLUE fine-tuning."""
+    import json
+
+    _, out = run_experiment(
+        [
+            "experiment=macaron_bert_base",
+            "logger=csv",
+            f"paths.data_dir={bert_data}",
+            f"data.cache_dir={tmp_path}",
+            "data.bpe_merges=50",
+            "data.batch_size=4",
+            "trainer.max_steps=4",
+            "trainer.accumulate_grad_batches=1",
+            *BERT_TINY,
+        ],
+        name="pre",
+    )
+    ckpt = sorted((out / "checkpoints").glob("epoch_*.ckpt"))[-1]
+    corpus = next(tmp_path.glob("bert_corpus-*.pt"))
+    _, out2 = run_experiment(
+        [
+            "experiment=glue_rte",
+            "logger=csv",
+            f"paths.data_dir={bert_data}",
+            f"data.cache_dir={tmp_path / 'g'}",
+            f"data.vocab_from={corpus}",
+            f"model.init_from={ckpt}",
+            "trainer.max_epochs=1",
+            *BERT_TINY,
+        ],
+        name="ft",
+    )
+    m = json.loads((out2 / "results.json").read_text())["metrics"]
+    assert 0.0 <= m["test/acc"] <= 1.0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "exp", ["macaron_wmt14_big", "transformer_wmt14_big", "macaron_bert_base"]
+)
+def test_full_size_networks_build_and_step(exp, tmp_path):
+    """The experiments' own (full-size) networks: one forward/backward on a tiny batch."""
+    import hydra
+
+    from conftest import compose
+    from odelab.modules.translation import label_smoothed_nll
+
+    cfg = compose([f"experiment={exp}"], tmp_path)
+    net = hydra.utils.instantiate(cfg.model.net)(vocab_size=1000)
+    tokens = torch.randint(4, 1000, (2, 7))
+    if "bert" in exp:
+        out = net(tokens)
+        assert out.shape == (2, 7, 768)
+        out.square().mean().backward()
+    else:
+        loss, _, n = label_smoothed_nll(net(tokens, tokens), tokens, 0.1, 1)
+        (loss / n).backward()
+    assert all(p.grad is not None for p in net.parameters() if p.requires_grad)

@@ -8,4 +8,9 @@ from odelab.callbacks.timing import EpochTimer
 __all__ = [
     "AverageLastCheckpoints",
     "average_checkpoints",
-   "EpochTimer", "RNGStateCallback", "ResultsWriter", "StopAfterEpochs", "load_reference"]
+    "EpochTimer",
+    "RNGStateCallback",
+    "ResultsWriter",
+    "StopAfterEpochs",
+    "load_reference",
+]

@@ -45,8 +45,13 @@ BOS, PAD, EOS, UNK = "<s>", "<pad>", "</s>", "<unk>"  # fairseq's order: ids 0, 
 
 IWSLT14_URL = "http://dl.fbaipublicfiles.com/fairseq/data/iwslt14/de-en.tgz"
 IWSLT14_SIZE = 19_982_877  # bytes (fairseq issue #1493); its md5 was not available offline
-IWSLT14_TEST = ["IWSLT14.TED.dev2010", "IWSLT14.TEDX.dev2012", "IWSLT14.TED.tst2010",
-                "IWSLT14.TED.tst2011", "IWSLT14.TED.tst2012"]  # fmt: skip
+IWSLT14_TEST = [
+    "IWSLT14.TED.dev2010",
+    "IWSLT14.TEDX.dev2012",
+    "IWSLT14.TED.tst2010",
+    "IWSLT14.TED.tst2011",
+    "IWSLT14.TED.tst2012",
+]
 WMT14_URLS = [
     "http://statmt.org/wmt13/training-parallel-europarl-v7.tgz",
     "http://statmt.org/wmt13/training-parallel-commoncrawl.tgz",
@@ -120,8 +125,11 @@ def read_corpus(corpus: str, data_dir: str | Path, src: str, tgt: str, download:
         if download and not all(p.is_file() for p in paths):
             for p in paths:
                 download_url(MULTI30K_URL + p.name, p, MULTI30K_MD5.get(p.name))
-        _need(paths, f"Multi30k: put the multi30k/dataset task1 raw files in {root} "
-                     f"(data.download=true fetches them from {MULTI30K_URL}).")  # fmt: skip
+        _need(
+            paths,
+            f"Multi30k: put the multi30k/dataset task1 raw files in {root} "
+            f"(data.download=true fetches them from {MULTI30K_URL}).",
+        )
         return {
             split: (_read_lines(root / f"{n}.{src}.gz"), _read_lines(root / f"{n}.{tgt}.gz"))
             for split, n in names.items()
@@ -142,8 +150,11 @@ def read_corpus(corpus: str, data_dir: str | Path, src: str, tgt: str, download:
                 )
             log.info("IWSLT14 archive md5 %s", md5sum(archive))
             extract_archive(archive, data_dir / "iwslt14")
-        _need(train + test, f"IWSLT14: run with data.download=true (fetches {IWSLT14_URL}, "
-                            f"{IWSLT14_SIZE} bytes) or extract de-en.tgz into {root.parent}.")  # fmt: skip
+        _need(
+            train + test,
+            f"IWSLT14: run with data.download=true (fetches {IWSLT14_URL}, "
+            f"{IWSLT14_SIZE} bytes) or extract de-en.tgz into {root.parent}.",
+        )
         out = {"train": tuple(_strip_iwslt_train(_read_lines(p)) for p in train)}
         s, t = [], []
         for n in IWSLT14_TEST:
@@ -155,16 +166,21 @@ def read_corpus(corpus: str, data_dir: str | Path, src: str, tgt: str, download:
         root = data_dir / "wmt14_en_de"
         train = [root / f"{c}.{lang}" for c in WMT14_TRAIN for lang in (src, tgt)]
         dev = [root / "dev" / f"newstest2013.{lang}" for lang in (src, tgt)]
-        test = [root / "test-full" / f"newstest2014-deen-{'src' if lang == 'en' else 'ref'}"
-                f".{lang}.sgm" for lang in (src, tgt)]  # fmt: skip
+        test = [
+            root / "test-full" / f"newstest2014-deen-{'src' if lang == 'en' else 'ref'}.{lang}.sgm"
+            for lang in (src, tgt)
+        ]
         if download and not all(p.is_file() for p in train + dev + test):
             for url in WMT14_URLS:
                 archive = root / url.rsplit("/", 1)[1]
                 if not archive.is_file():
                     download_url(url, archive)  # md5s of the WMT archives are not published
                 extract_archive(archive, root)
-        _need(train + dev + test, f"WMT14 En-De: run with data.download=true (fetches "
-                                  f"{', '.join(WMT14_URLS)}) or extract them into {root}.")  # fmt: skip
+        _need(
+            train + dev + test,
+            f"WMT14 En-De: run with data.download=true (fetches "
+            f"{', '.join(WMT14_URLS)}) or extract them into {root}.",
+        )
         tr_s, tr_t = [], []
         for c in WMT14_TRAIN:
             tr_s += _read_lines(root / f"{c}.{src}")
@@ -251,8 +267,9 @@ class Dictionary:
     @classmethod
     def build(cls, lines: Sequence[Sequence[str]], min_count: int = 1) -> Dictionary:
         counts = Counter(w for line in lines for w in line)
-        ranked = sorted((w for w, c in counts.items() if c >= min_count),
-                        key=lambda w: (-counts[w], w))  # fmt: skip
+        ranked = sorted(
+            (w for w, c in counts.items() if c >= min_count), key=lambda w: (-counts[w], w)
+        )
         return cls([BOS, PAD, EOS, UNK, *ranked])
 
     def __len__(self) -> int:
@@ -265,9 +282,21 @@ class Dictionary:
         return [self.symbols[i] for i in ids if i not in (self.bos, self.pad, self.eos)]
 
 
-def prepare(corpus, data_dir, src, tgt, *, lowercase=True, bpe_merges=10_000, clean_ratio=1.5,
-            max_len=175, valid_every=23, train_subset=None, eval_subset=None,
-            download=False) -> dict:  # fmt: skip
+def prepare(
+    corpus,
+    data_dir,
+    src,
+    tgt,
+    *,
+    lowercase=True,
+    bpe_merges=10_000,
+    clean_ratio=1.5,
+    max_len=175,
+    valid_every=23,
+    train_subset=None,
+    eval_subset=None,
+    download=False,
+) -> dict:
     """Run the pipeline; return {"codes", "symbols", splits: {name: {"src", "tgt" (id lists),
     "ref_tok" (tokenised, cased as the model sees it), "ref_raw" (raw target text)}}}."""
     raw = read_corpus(corpus, data_dir, src, tgt, download)
@@ -296,14 +325,19 @@ def prepare(corpus, data_dir, src, tgt, *, lowercase=True, bpe_merges=10_000, cl
             s_lines, t_lines = raw[split]
             if eval_subset:
                 s_lines, t_lines = s_lines[:eval_subset], t_lines[:eval_subset]
-            splits_tok[split] = (tokenize(s_lines, src, lowercase, dash),
-                                 tokenize(t_lines, tgt, lowercase, dash), list(t_lines))  # fmt: skip
+            splits_tok[split] = (
+                tokenize(s_lines, src, lowercase, dash),
+                tokenize(t_lines, tgt, lowercase, dash),
+                list(t_lines),
+            )
     if not splits_tok["train"][0]:
         raise DatasetError(f"{corpus}: no training pairs left after cleaning")
     codes = learn_bpe(splits_tok["train"][0] + splits_tok["train"][1], bpe_merges)
     bpe = BPECodes(codes)
-    pieces = {k: ([bpe.apply(x) for x in v[0]], [bpe.apply(x) for x in v[1]])
-              for k, v in splits_tok.items()}  # fmt: skip
+    pieces = {
+        k: ([bpe.apply(x) for x in v[0]], [bpe.apply(x) for x in v[1]])
+        for k, v in splits_tok.items()
+    }
     vocab = Dictionary.build(pieces["train"][0] + pieces["train"][1])
     out = {"codes": codes, "symbols": vocab.symbols, "splits": {}}
     for k, (ps, pt) in pieces.items():
@@ -413,19 +447,42 @@ class TranslationDataModule(pl.LightningDataModule):
         download: fetch missing canonical files (users with internet; never in tests).
     """
 
-    def __init__(self, corpus: str = "multi30k", data_dir: str = "data", src_lang: str = "de",
-                 tgt_lang: str = "en", lowercase: bool = True, bpe_merges: int = 10_000,
-                 clean_ratio: float = 1.5, max_len: int = 175, valid_every: int = 23,
-                 train_subset: int | None = None, eval_subset: int | None = None, max_tokens: int = 4096,
-                 eval_max_tokens: int | None = None, max_sentences: int | None = None,
-                 cache_dir: str = "data/cache", seed: int = 0, num_workers: int = 0,
-                 download: bool = False, **_ignored):  # fmt: skip
+    def __init__(
+        self,
+        corpus: str = "multi30k",
+        data_dir: str = "data",
+        src_lang: str = "de",
+        tgt_lang: str = "en",
+        lowercase: bool = True,
+        bpe_merges: int = 10_000,
+        clean_ratio: float = 1.5,
+        max_len: int = 175,
+        valid_every: int = 23,
+        train_subset: int | None = None,
+        eval_subset: int | None = None,
+        max_tokens: int = 4096,
+        eval_max_tokens: int | None = None,
+        max_sentences: int | None = None,
+        cache_dir: str = "data/cache",
+        seed: int = 0,
+        num_workers: int = 0,
+        download: bool = False,
+        **_ignored,
+    ):
         super().__init__()
         self.corpus, self.data_dir, self.cache_dir = corpus, data_dir, Path(cache_dir)
         self.src_lang, self.tgt_lang = src_lang, tgt_lang
-        self.params = dict(corpus=corpus, src=src_lang, tgt=tgt_lang, lowercase=lowercase,
-                           bpe_merges=bpe_merges, clean_ratio=clean_ratio, max_len=max_len,
-                           valid_every=valid_every, train_subset=train_subset)  # fmt: skip
+        self.params = dict(
+            corpus=corpus,
+            src=src_lang,
+            tgt=tgt_lang,
+            lowercase=lowercase,
+            bpe_merges=bpe_merges,
+            clean_ratio=clean_ratio,
+            max_len=max_len,
+            valid_every=valid_every,
+            train_subset=train_subset,
+        )
         if eval_subset:  # not in the key of a full-size cache
             self.params["eval_subset"] = eval_subset
         self.lowercase = lowercase
@@ -444,8 +501,9 @@ class TranslationDataModule(pl.LightningDataModule):
             return
         log.info("preparing %s (%s) -> %s", self.corpus, self.params, self.cache_file)
         p = {k: v for k, v in self.params.items() if k not in ("corpus", "src", "tgt")}
-        data = prepare(self.corpus, self.data_dir, self.src_lang, self.tgt_lang,
-                       download=self.download, **p)  # fmt: skip
+        data = prepare(
+            self.corpus, self.data_dir, self.src_lang, self.tgt_lang, download=self.download, **p
+        )
         data["params"] = self.params
         self.cache_file.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.cache_file.with_suffix(".tmp")

@@ -15,7 +15,6 @@ from collections.abc import Callable
 
 import lightning.pytorch as pl
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from odelab.modules.bleu import sacre_bleu, tok_bleu
@@ -40,8 +39,13 @@ class InverseSqrtLR(torch.optim.lr_scheduler.LRScheduler):
     """fairseq ``inverse_sqrt``: lr rises linearly from ``warmup_init_lr`` to the optimiser's lr
     over ``warmup_updates`` updates, then decays as lr * sqrt(warmup_updates / update)."""
 
-    def __init__(self, optimizer, warmup_updates: int = 4000, warmup_init_lr: float = 1e-7,
-                 last_epoch: int = -1):  # fmt: skip
+    def __init__(
+        self,
+        optimizer,
+        warmup_updates: int = 4000,
+        warmup_init_lr: float = 1e-7,
+        last_epoch: int = -1,
+    ):
         self.warmup_updates, self.warmup_init_lr = max(1, warmup_updates), warmup_init_lr
         super().__init__(optimizer, last_epoch)
 
@@ -80,15 +84,30 @@ class TranslationModule(pl.LightningModule):
             sentences (in file order, not the shortest).
     """
 
-    def __init__(self, net: Callable[..., nn.Module], optimizer: Callable, scheduler=None,
-                 scheduler_interval: str = "step", label_smoothing: float = 0.1, beam: int = 5,
-                 lenpen: float = 1.0, max_len_a: float = 1.2, max_len_b: int = 10,
-                 val_decode: str = "greedy", val_bleu_every: int = 1,
-                 val_bleu_max_sentences: int | None = None, monitor: str = "val/loss",
-                 vocab_size: int | None = None):  # fmt: skip
+    def __init__(
+        self,
+        net: Callable[..., nn.Module],
+        optimizer: Callable,
+        scheduler=None,
+        scheduler_interval: str = "step",
+        label_smoothing: float = 0.1,
+        beam: int = 5,
+        lenpen: float = 1.0,
+        max_len_a: float = 1.2,
+        max_len_b: int = 10,
+        val_decode: str = "greedy",
+        val_bleu_every: int = 1,
+        val_bleu_max_sentences: int | None = None,
+        monitor: str = "val/loss",
+        vocab_size: int | None = None,
+    ):
         super().__init__()
         self.save_hyperparameters(logger=False, ignore=["net", "optimizer", "scheduler"])
-        self.net_factory, self.optimizer_factory, self.scheduler_factory = net, optimizer, scheduler
+        self.net_factory, self.optimizer_factory, self.scheduler_factory = (
+            net,
+            optimizer,
+            scheduler,
+        )
         self.net: nn.Module | None = None
         if vocab_size is not None:
             self._build(vocab_size)
@@ -112,7 +131,9 @@ class TranslationModule(pl.LightningModule):
             )
         v = getattr(dm, "vocab", None)
         if v is not None and (v.pad, v.bos, v.eos) != (
-            self.net.padding_idx, self.net.bos_idx, self.net.eos_idx
+            self.net.padding_idx,
+            self.net.bos_idx,
+            self.net.eos_idx,
         ):
             raise ValueError("the data's <pad>/<s>/</s> ids differ from model.net's")
 

@@ -212,8 +212,17 @@ class TransformerStack(nn.Module):
             x = x + sinusoidal_positions(t, x.shape[-1], offset).to(x)
         return F.dropout(x, self.dropout, self.training)
 
-    def forward(self, tokens, padding_mask=None, memory=None, memory_padding_mask=None,
-                causal=False, cache=None, offset=0, extra_embed=None):  # fmt: skip
+    def forward(
+        self,
+        tokens,
+        padding_mask=None,
+        memory=None,
+        memory_padding_mask=None,
+        causal=False,
+        cache=None,
+        offset=0,
+        extra_embed=None,
+    ):
         x = self.embed_tokens(tokens, offset)
         if extra_embed is not None:
             x = x + extra_embed
@@ -277,8 +286,10 @@ class Seq2SeqTransformer(nn.Module):
         dec_steps = decoder_steps or standard_steps(ffn_dim, True, activation)
         kw = dict(norm=norm, dropout=dropout, attn_dropout=attn_dropout, act_dropout=act_dropout)
         src_embed = make_embedding(vocab_size, d_model, padding_idx)
-        tgt_embed = src_embed if share_all_embeddings else make_embedding(
-            tgt_vocab_size, d_model, padding_idx
+        tgt_embed = (
+            src_embed
+            if share_all_embeddings
+            else make_embedding(tgt_vocab_size, d_model, padding_idx)
         )
         self.encoder = TransformerStack(
             src_embed,

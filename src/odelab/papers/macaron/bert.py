@@ -11,7 +11,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from odelab.nn.transformer import TransformerLayer, TransformerStack, make_embedding, standard_steps
+from odelab.nn.transformer import (
+    TransformerLayer,
+    TransformerStack,
+    make_embedding,
+    standard_steps,
+)
 from odelab.papers.macaron.model import macaron_steps
 
 
@@ -45,8 +50,10 @@ class BertEncoder(nn.Module):
         kw = dict(norm=norm, dropout=dropout, attn_dropout=attn_dropout, act_dropout=act_dropout)
         self.stack = TransformerStack(
             make_embedding(vocab_size, d_model, padding_idx),
-            [TransformerLayer(d_model, heads, steps, ln_affine=ln_affine, **kw)
-             for _ in range(layers)],  # fmt: skip
+            [
+                TransformerLayer(d_model, heads, steps, ln_affine=ln_affine, **kw)
+                for _ in range(layers)
+            ],
             norm,
             dropout,
             ln_affine=ln_affine,
