@@ -679,6 +679,10 @@ def test_glue_reader_on_canonical_rows(bert_data):
     assert b is None and y[:2] == [1, 0]
     _, _, y = read_glue("mnli", bert_data / "glue" / "MNLI" / "dev_matched.tsv")
     assert y[:3] == [1, 0, 2] and GLUE_TASKS["mnli_mm"].dev == "dev_mismatched.tsv"
+    from odelab.data.errors import DatasetError
+
+    with pytest.raises(DatasetError, match="not the canonical GLUE RTE format"):
+        read_glue("rte", bert_data / "glue" / "CoLA" / "train.tsv")
 
 
 BERT_TINY = [
