@@ -795,3 +795,22 @@ def test_full_size_networks_build_and_step(exp, tmp_path):
         loss, _, n = label_smoothed_nll(net(tokens, tokens), tokens, 0.1, 1)
         (loss / n).backward()
     assert all(p.grad is not None for p in net.parameters() if p.requires_grad)
+
+
+def test_kept_study_runs_rebuild_the_readme_table(capsys):
+    """The CPU-study records in experiments/macaron/runs/cpu_study give the README's numbers."""
+    import importlib.util
+
+    from conftest import ROOT
+
+    path = ROOT / "experiments" / "macaron" / "cpu_study_table.py"
+    spec = importlib.util.spec_from_file_location("macaron_cpu_study_table", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    mod.main(ROOT / "experiments" / "macaron" / "runs" / "cpu_study")
+    rows = [x for x in capsys.readouterr().out.splitlines() if x.startswith("| ") and "_" in x]
+    assert len(rows) == 2
+    readme = (ROOT / "experiments" / "macaron" / "README.md").read_text()
+    for line in rows:
+        for cell in line.split("|")[3:-2]:
+            assert cell.strip() in readme, cell
