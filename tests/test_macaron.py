@@ -788,7 +788,7 @@ def test_full_size_networks_build_and_step(exp, tmp_path):
     net = hydra.utils.instantiate(cfg.model.net)(vocab_size=1000)
     tokens = torch.randint(4, 1000, (2, 7))
     if "bert" in exp:
-        out = net(tokens)
+        out = net(tokens, torch.zeros_like(tokens))  # segment ids: every embedding is used
         assert out.shape == (2, 7, 768)
         out.square().mean().backward()
     else:
