@@ -5,6 +5,7 @@ from odelab.data.cifar import CIFAR10DataModule, CIFAR100DataModule
 from odelab.data.download import download_url, extract_archive, md5sum
 from odelab.data.errors import DatasetError
 from odelab.data.mnist import MNIST5kDataModule, MNISTDataModule, read_idx
+from odelab.data.restoration import RESTORATION_SOURCES, RestorationDataModule
 from odelab.data.sources import CIFAR10, CIFAR100, MNIST, Source
 from odelab.data.transforms import crop_flip, normalize, random_crop_flip
 
@@ -19,6 +20,8 @@ __all__ = [
     "ImageClassificationDataModule",
     "MNIST5kDataModule",
     "MNISTDataModule",
+    "RESTORATION_SOURCES",
+    "RestorationDataModule",
     "Source",
     "crop_flip",
     "download_url",
