@@ -11,7 +11,9 @@ by deep Q-learning. Episodes run from x_0 = y; at each n the epsilon-greedy acti
 (reward 0, terminal) or ``continue`` (x_{n+1} = step(x_n), reward
 r_n = f(L(x_n)) - f(L(x_{n+1})), the decrease of the loss L = MSE(., x); f = identity scaled by
 ``reward_scale`` (``reward: mse``) or -PSNR (``reward: psnr``, the PSNR gain)); at n = step_cap
-only ``stop`` is allowed. Transitions go to a replay buffer; minibatches from it minimise the
+only ``stop`` is allowed. With ``explore_starts`` each episode first continues for a uniform
+random number of steps in 0..step_cap (our choice, so that late steps are visited at all).
+Transitions go to a replay buffer; minibatches from it minimise the
 Huber loss to the target r + gamma * max_a Q_target(x_{n+1}, a) (r alone when x_{n+1} is the cap
 state), with a target network copied every ``target_update`` updates. With gamma = 1 the
 returns telescope: Q(x_n, continue) estimates f(L(x_n)) - f(L(x_stop)), so both reward choices
@@ -109,6 +111,7 @@ class DURRModule(RestorationModule):
         eps_start: float = 1.0,
         eps_end: float = 0.05,
         eps_decay_steps: int = 1000,
+        explore_starts: bool = True,
         ref_level: float = 25,
         eval_mode: str = "auto",
         seed: int = 0,
@@ -215,6 +218,11 @@ class DURRModule(RestorationModule):
         active = torch.ones(b, dtype=torch.bool, device=y.device)
         xn, f_n = y, self._f(self._mse(y, x))
         lengths = torch.zeros(b, device=y.device)
+        # exploring starts: continue for a uniform number of steps first, so that late steps
+        # (needed at high levels) are visited; epsilon-greedy alone rarely gets past n ~ 5
+        force = torch.zeros(b, dtype=torch.long, device=y.device)
+        if self.hparams.explore_starts:
+            force = torch.randint(cap + 1, (b,), generator=self._g).to(y.device)
         for n in range(cap + 1):
             idx = active.nonzero().flatten()
             if idx.numel() == 0:
@@ -224,6 +232,7 @@ class DURRModule(RestorationModule):
             rand = torch.rand(idx.numel(), generator=self._g).to(y.device) < eps
             coin = torch.randint(2, (idx.numel(),), generator=self._g).to(y.device)
             a = torch.where(rand, coin, greedy)
+            a = torch.where(force[idx] > n, torch.full_like(a, CONTINUE), a)
             if n == cap:
                 a = torch.full_like(a, STOP)
             stop = idx[a == STOP]
