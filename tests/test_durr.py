@@ -351,12 +351,17 @@ def test_experiment_fast_dev_run(experiment, run_experiment, tiny_restoration):
 
 
 def test_policy_stage_learned_stopping_and_plot(run_experiment, tiny_restoration):
-    """restorer_epochs=0: the DQN stage runs, the policy decides the steps, the plot is saved."""
+    """restorer_epochs=0: the DQN stage runs, the policy decides the steps, the plot and the
+    image grids are saved and logged to (offline) W&B."""
+    tiny = [o for o in TINY_DATA if o not in ("logger=csv", "debug=fdr")]  # fdr mutes loggers
     _, out = run_experiment(
-        ["experiment=durr_denoise_lite", f"paths.data_dir={tiny_restoration}", *TINY_DATA,
-         "model.restorer_epochs=0", "model.dqn_batch=4", "data.test_levels=[25,55]"]
+        ["experiment=durr_denoise_lite", f"paths.data_dir={tiny_restoration}", *tiny,
+         "logger=wandb", "trainer.max_epochs=1", "model.restorer_epochs=0", "model.dqn_batch=4",
+         "data.test_levels=[25,55]"]
     )  # fmt: skip
     res = _results(out)
+    media = list((out / "wandb").glob("offline-run-*/files/media/images/**/*.png"))
+    assert len(media) >= 3, list((out / "wandb").rglob("*"))  # 2 grids + the steps plot
     assert res["restoration"]["main_mode"] == "learned"
     for cell in res["restoration"]["cells"].values():
         assert 0 <= cell["steps"] <= 12 and "psnr_oracle" in cell and "psnr_bestT" in cell
