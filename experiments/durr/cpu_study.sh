@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # CPU-scale study of DURR's claims (experiments/durr/README.md), one seed (0):
-#   durr_denoise_lite  (7.3k-param recurrent restorer, 400 stage-1 + 600 DQN batches),
-#   a DnCNN of the same size (5 layers x 16 channels with BN, 7.3k parameters, 400 batches on
+#   durr_denoise_lite  (7,265-parameter recurrent restorer, 400 stage-1 + 600 DQN batches),
+#   a DnCNN of the same size (5 layers x 16 channels with BN, 7,313 parameters, 400 batches on
 #   the same patches, the same lr schedule), and BM3D (true sigma),
 # all tested on the same 10 BSD68 96x96 centre crops at sigma 15, 25, 35, 45, 55.
-# Measured: about 25 min wall on a 2-core CPU shared with ~9 other jobs (nice 10, 1 thread):
-# DURR lite ~12 min, DnCNN ~1 min, BM3D ~6 min, plus start-up.
+# Measured: about 23 min wall on a 2-core CPU shared with ~9 other jobs (nice 10, 1 thread):
+# DURR lite 17 min, DnCNN 1 min, BM3D 4 min, plus start-up.
 # Usage: bash experiments/durr/cpu_study.sh [DATA_DIR] [OUT_DIR]
 set -euo pipefail
 cd "$(dirname "$0")/../.."
