@@ -6,6 +6,7 @@ from odelab.data.download import download_url, extract_archive, md5sum
 from odelab.data.errors import DatasetError
 from odelab.data.mnist import MNIST5kDataModule, MNISTDataModule, read_idx
 from odelab.data.pde_data import PDETrajectoryDataModule
+from odelab.data.restoration import RESTORATION_SOURCES, RestorationDataModule
 from odelab.data.sources import CIFAR10, CIFAR100, MNIST, Source
 from odelab.data.transforms import crop_flip, normalize, random_crop_flip
 
@@ -21,6 +22,8 @@ __all__ = [
     "MNIST5kDataModule",
     "MNISTDataModule",
     "PDETrajectoryDataModule",
+    "RESTORATION_SOURCES",
+    "RestorationDataModule",
     "Source",
     "crop_flip",
     "download_url",
