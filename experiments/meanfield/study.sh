@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# CPU-scale study of the mean-field ResNet theory (experiments/meanfield/README.md):
+#   A  depth sweep L = 4, 16, 64 on digits: mean field (3 seeds), standard 1-scaled at the same
+#      lr and at lr/10 (seed 0)
+#   B  width sweep M = 4, 32, 128 at L = 16 (mean field, seed 0)
+#   C  block order: fixed vs shuffle at L = 16, 3 seeds, mean field and standard (lr/10)
+#   D  CIFAR-10 (real local subset), ResNet-20 layout at widths 8/16/32, M = 2, 5,000 training
+#      images, 2,000 test images, 4 epochs: mean field vs standard, 3 seeds
+# One thread per process, nice 10. About 25 min on a 2-core CPU shared with other jobs.
+# Usage: bash experiments/meanfield/study.sh [DATA_DIR] [OUT_DIR]
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+DATA=${1:-${ODELAB_DATA_DIR:-../shared/data}}
+OUT=${2:-logs/meanfield_study}
+PY=${PYTHON:-.venv/bin/python}
+export OMP_NUM_THREADS=1
+run() { nice -n 10 "$PY" run.py -m logger=csv trainer.accelerator=cpu "$@"; }
+run experiment=meanfield_digits_depth model.net.depth=4,16,64 seed=0,1,2 \
+  hydra.sweep.dir="$OUT/A_mean_field"
+run experiment=meanfield_digits_depth model.net.depth=4,16,64 model.net.scaling=standard \
+  model.optimizer.lr=0.05,0.005 hydra.sweep.dir="$OUT/A_standard"
+run experiment=meanfield_digits_depth model.net.units=4,128 hydra.sweep.dir="$OUT/B_width"
+run experiment=meanfield_digits_depth model.net.block_order=shuffle seed=0,1,2 \
+  hydra.sweep.dir="$OUT/C_shuffle_mean_field"
+run experiment=meanfield_digits_depth model.net.scaling=standard model.optimizer.lr=0.005 \
+  model.net.block_order=fixed,shuffle seed=0,1,2 hydra.sweep.dir="$OUT/C_standard"
+run experiment=meanfield_resnet20_cifar10,meanfield_resnet20_cifar10_standard seed=0,1,2 \
+  paths.data_dir="$DATA" 'data.train_files=[data_batch_1,data_batch_2]' \
+  data.verify=off data.train_subset=5000 data.test_subset=2000 data.num_workers=0 \
+  'model.net.widths=[8,16,32]' model.net.units=2 scheduler=cosine trainer.max_epochs=4 \
+  hydra.sweep.dir="$OUT/D_cifar10"
