@@ -371,3 +371,21 @@ def test_kept_study_runs_rebuild_the_readme_numbers(capsys):
     assert rows
     for line in rows:
         assert line in readme, line
+
+
+@pytest.mark.slow
+def test_resume_continues_the_loss_curve(run_experiment, tmp_path):
+    base = [
+        "experiment=meanfield_digits_depth",
+        "logger=csv",
+        "model.net.depth=2",
+        "model.net.units=4",
+        "trainer.accelerator=cpu",
+        "model.eval_permutations=1",
+    ]
+    _, first = run_experiment([*base, "trainer.max_epochs=1"], name="first")
+    ckpt = first / "checkpoints" / "last.ckpt"
+    _, out = run_experiment([*base, "trainer.max_epochs=2", f"ckpt_path={ckpt}"], name="second")
+    curve = json.loads((out / "results.json").read_text())["train_loss_curve"]
+    first_curve = json.loads((first / "results.json").read_text())["train_loss_curve"]
+    assert len(curve) == 20 and curve[:10] == first_curve

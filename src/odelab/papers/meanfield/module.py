@@ -49,7 +49,7 @@ class MeanFieldClassifier(ImageClassifier):
         self.block_lr = block_lr
         self.eval_permutations = int(eval_permutations)
         self.perm_seed = int(perm_seed)
-        self.train_curve: list[float] = []
+        self.train_curve: list = []  # per-step losses (detached tensors: no device sync)
         self._test_orders: list[list[int]] = []
         self._diag: dict[str, list] = {}
 
@@ -61,8 +61,20 @@ class MeanFieldClassifier(ImageClassifier):
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         loss = super().training_step(batch, batch_idx)
-        self.train_curve.append(float(loss.detach()))
+        self.train_curve.append(loss.detach())
         return loss
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["train_loss_curve"] = self.loss_curve()
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        # a resumed fit continues the curve; testing a checkpoint after fit keeps the full one
+        if not self.train_curve:
+            self.train_curve = list(checkpoint.get("train_loss_curve", []))
+
+    def loss_curve(self) -> list[float]:
+        """The training loss of every optimiser step so far."""
+        return [float(v) for v in self.train_curve]
 
     # ---- test-time diagnostics ---------------------------------------------------------------
     def on_test_epoch_start(self) -> None:
@@ -94,15 +106,15 @@ class MeanFieldClassifier(ImageClassifier):
             k_orders = len(self._test_orders)
             per_loss = [sum(b[k] for b in d["perm_loss"]) / n for k in range(k_orders)]
             per_acc = [sum(b[k] for b in d["perm_correct"]) / n for k in range(k_orders)]
-            self.log("test/perm_loss", statistics.mean(per_loss))
-            self.log("test/perm_loss_std", _sd(per_loss))
-            self.log("test/perm_acc", statistics.mean(per_acc))
-            self.log("test/perm_acc_std", _sd(per_acc))
+            self.log("test/perm_loss", statistics.mean(per_loss), sync_dist=True)
+            self.log("test/perm_loss_std", _sd(per_loss), sync_dist=True)
+            self.log("test/perm_acc", statistics.mean(per_acc), sync_dist=True)
+            self.log("test/perm_acc_std", _sd(per_acc), sync_dist=True)
         if n:
             z, z1, z0 = (torch.cat(d[k]).double() for k in ("z", "z1", "z0"))
-            self.log("test/ensemble_r2", float(r_squared(z, z1)))
-            self.log("test/ensemble_r2_res", float(r_squared(z - z0, z1 - z0)))
-            self.log("test/residual_share", float((z - z0).norm() / z.norm()))
+            self.log("test/ensemble_r2", float(r_squared(z, z1)), sync_dist=True)
+            self.log("test/ensemble_r2_res", float(r_squared(z - z0, z1 - z0)), sync_dist=True)
+            self.log("test/residual_share", float((z - z0).norm() / z.norm()), sync_dist=True)
 
     # ---- optimiser: unit parameters get the block lr -----------------------------------------
     def configure_optimizers(self):
@@ -144,7 +156,7 @@ class MeanFieldClassifier(ImageClassifier):
         """The per-step training loss and the model's L, M, scaling, order, lr multiplier."""
         net = self.net
         return {
-            "train_loss_curve": list(self.train_curve),
+            "train_loss_curve": self.loss_curve(),
             "model_summary": {
                 "depth_L": net.num_blocks,
                 "units_M": net.units,
