@@ -389,3 +389,11 @@ def test_resume_continues_the_loss_curve(run_experiment, tmp_path):
     curve = json.loads((out / "results.json").read_text())["train_loss_curve"]
     first_curve = json.loads((first / "results.json").read_text())["train_loss_curve"]
     assert len(curve) == 20 and curve[:10] == first_curve
+
+
+def test_std_of_a_diverged_run_is_not_an_error():
+    from odelab.papers.meanfield.module import _sd
+
+    assert _sd([1.0, 3.0]) == pytest.approx(math.sqrt(2))
+    assert not math.isfinite(_sd([float("inf"), 1.0]))
+    assert _sd([2.0]) == 0.0

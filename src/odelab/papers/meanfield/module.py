@@ -14,8 +14,6 @@ loss-vs-step plots, in ``results.json``) and, on the test split:
 
 from __future__ import annotations
 
-import statistics
-
 import torch
 import torch.nn.functional as F
 
@@ -106,9 +104,9 @@ class MeanFieldClassifier(ImageClassifier):
             k_orders = len(self._test_orders)
             per_loss = [sum(b[k] for b in d["perm_loss"]) / n for k in range(k_orders)]
             per_acc = [sum(b[k] for b in d["perm_correct"]) / n for k in range(k_orders)]
-            self.log("test/perm_loss", statistics.mean(per_loss), sync_dist=True)
+            self.log("test/perm_loss", sum(per_loss) / k_orders, sync_dist=True)
             self.log("test/perm_loss_std", _sd(per_loss), sync_dist=True)
-            self.log("test/perm_acc", statistics.mean(per_acc), sync_dist=True)
+            self.log("test/perm_acc", sum(per_acc) / k_orders, sync_dist=True)
             self.log("test/perm_acc_std", _sd(per_acc), sync_dist=True)
         if n:
             z, z1, z0 = (torch.cat(d[k]).double() for k in ("z", "z1", "z0"))
@@ -176,4 +174,5 @@ def r_squared(target: torch.Tensor, approx: torch.Tensor) -> torch.Tensor:
 
 
 def _sd(values: list[float]) -> float:
-    return statistics.stdev(values) if len(values) > 1 else 0.0
+    """Sample std; nan/inf survive (a diverged run), where statistics.stdev would raise."""
+    return float(torch.tensor(values, dtype=torch.float64).std()) if len(values) > 1 else 0.0
