@@ -82,6 +82,35 @@ def digits_table(rs: list[dict]) -> None:
         )
 
 
+def _smoothed_mean_curve(rs: list[dict]) -> list[float]:
+    curves = [r["train_loss_curve"] for r in rs]
+    n = min(len(c) for c in curves)
+    mean = [statistics.mean(c[i] for c in curves) for i in range(n)]
+    return [statistics.mean(mean[i : i + TAIL]) for i in range(0, n - TAIL + 1, TAIL)]
+
+
+def curve_gap_table(rs: list[dict]) -> None:
+    """Mean over steps of |ℓ_L(step) - ℓ_64(step)| for the seed-averaged, 10-step-smoothed
+    training loss curves: the depth limit predicts it shrinks as L grows."""
+    groups = defaultdict(list)
+    for r in rs:
+        s = r["model_summary"]
+        lr = r["config"]["model"]["optimizer"]["lr"]
+        groups[(s["scaling"], lr, s["depth_L"])].append(r)
+    print("| scaling | lr | L | seeds | mean gap to the L = 64 loss curve |")
+    print("|---|---|---|---|---|")
+    order = sorted(groups.items(), key=lambda kv: (kv[0][0], -kv[0][1], kv[0][2]))
+    for (scaling, lr, L), g in order:
+        ref = groups.get((scaling, lr, 64))
+        if L == 64 or not ref:
+            continue
+        a, b = _smoothed_mean_curve(g), _smoothed_mean_curve(ref)
+        gap = statistics.mean(abs(x - y) for x, y in zip(a, b))
+        seeds = ",".join(str(x["seed"]) for x in g)
+        gap_s = f"{gap:.4f}" if gap < 1e3 else f"{gap:.2e}"
+        print(f"| {scaling} | {lr} | {L} | {seeds} | {gap_s} |")
+
+
 def order_table(rs: list[dict]) -> None:
     groups = defaultdict(list)
     for r in rs:
@@ -151,6 +180,7 @@ def plot_curves(rs: list[dict], by: str, path: Path, title: str) -> None:
 def main(runs: Path, plots: bool = True) -> None:
     parts = load(runs)
     a = parts.get("A_mean_field", []) + parts.get("A_standard", [])
+    a += parts.get("A_standard_diverged", [])
     b = [r for r in parts.get("A_mean_field", []) if r["model_summary"]["depth_L"] == 16]
     b += parts.get("B_width", [])
     c = [r for r in parts.get("A_mean_field", []) if r["model_summary"]["depth_L"] == 16]
@@ -158,6 +188,9 @@ def main(runs: Path, plots: bool = True) -> None:
     if a:
         print("\nA. Depth sweep on digits (M = 32):\n")
         digits_table(a)
+    if a:
+        print("\nA'. Loss-curve convergence in L (gap to the L = 64 curve):\n")
+        curve_gap_table(a)
     if b:
         print("\nB. Width sweep on digits (mean field, L = 16):\n")
         digits_table(b)
