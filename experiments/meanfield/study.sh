@@ -31,7 +31,7 @@ part C && run experiment=meanfield_digits_depth model.net.block_order=shuffle se
 part C && run experiment=meanfield_digits_depth model.net.scaling=standard model.optimizer.lr=0.005 \
   model.net.block_order=fixed,shuffle seed=0,1,2 hydra.sweep.dir="$OUT/C_standard"
 part D && run experiment=meanfield_resnet20_cifar10,meanfield_resnet20_cifar10_standard seed=0,1,2 \
-  data=cifar10 paths.data_dir="$DATA" 'data.train_files=[data_batch_1,data_batch_2]' \
+  data=cifar10 model=meanfield_resnet paths.data_dir="$DATA" 'data.train_files=[data_batch_1,data_batch_2]' \
   data.verify=off data.train_subset=4000 data.test_subset=2000 data.num_workers=0 \
   'model.net.widths=[8,16,32]' model.net.units=2 scheduler=cosine trainer.max_epochs=3 \
   hydra.sweep.dir="$OUT/D_cifar10"
