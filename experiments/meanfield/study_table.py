@@ -9,6 +9,7 @@ records of a study folder into experiments/meanfield/runs. Plots go to experimen
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import statistics
 import sys
@@ -17,6 +18,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 TAIL = 10  # final training loss: mean of the last TAIL steps
+NAN = float("nan")  # results.json drops non-finite metrics (a diverged run): shown as nan
 
 
 def load(runs: Path) -> dict[str, list[dict]]:
@@ -69,13 +71,14 @@ def digits_table(rs: list[dict]) -> None:
     print("|---|---|---|---|---|---|---|---|---|---|")
     for key in sorted(groups, key=lambda k: (k[0], -k[1], k[2], k[3], k[4])):
         g = groups[key]
-        m = [x["metrics"] for x in g]
+        m = [defaultdict(lambda: NAN, x["metrics"]) for x in g]
         loss = [final_loss(x) for x in g]
         acc = [100 * x["test/acc"] for x in m]
         r2 = [x["test/ensemble_r2_res"] for x in m]
         share = [x["test/residual_share"] for x in m]
         seeds = ",".join(str(x["seed"]) for x in g)
-        loss_s = _ms(loss, ".4f") if max(loss) < 1e3 else f"{statistics.mean(loss):.2e}"
+        finite = all(math.isfinite(v) and v < 1e3 for v in loss)
+        loss_s = _ms(loss, ".4f") if finite else f"{statistics.mean(loss):.2e}"
         print(
             f"| {key[0]} | {key[1]} | {key[2]} | {key[3]} | {key[4]} | {seeds} | {loss_s} | "
             f"{_ms(acc, '.1f')} | {_ms(r2)} | {_ms(share)} |"
@@ -121,7 +124,7 @@ def order_table(rs: list[dict]) -> None:
     )
     print("|---|---|---|---|---|---|---|---|---|")
     for key in sorted(groups, key=lambda k: (k[0], k[2])):
-        m = [x["metrics"] for x in groups[key]]
+        m = [defaultdict(lambda: NAN, x["metrics"]) for x in groups[key]]
         seeds = ",".join(str(x["seed"]) for x in groups[key])
         print(
             f"| {key[0]} | {key[1]} | {key[2]} | {key[3]} | {seeds} | "
@@ -141,7 +144,7 @@ def cifar_table(rs: list[dict]) -> None:
     )
     print("|---|---|---|---|---|---|")
     for exp, g in sorted(groups.items()):
-        m = [x["metrics"] for x in g]
+        m = [defaultdict(lambda: NAN, x["metrics"]) for x in g]
         seeds = ",".join(str(x["seed"]) for x in g)
         t = statistics.mean(x["train_time_s"] / max(x["epochs"], 1) for x in g)
         print(
@@ -157,8 +160,16 @@ def plot_curves(rs: list[dict], by: str, path: Path, title: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.4), sharey=True)
-    for ax, scaling in zip(axes, ("mean_field", "standard")):
+    scalings = [
+        x
+        for x in ("mean_field", "standard")
+        if any(r["model_summary"]["scaling"] == x for r in rs)
+    ]
+    fig, axes = plt.subplots(
+        1, len(scalings), figsize=(4.5 * len(scalings), 3.4), sharey=True, squeeze=False
+    )
+    axes = axes[0]
+    for ax, scaling in zip(axes, scalings):
         for r in sorted(rs, key=lambda x: (x["model_summary"][by], x["seed"])):
             s = r["model_summary"]
             if s["scaling"] != scaling or r["seed"] != 0:
