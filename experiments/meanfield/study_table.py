@@ -139,7 +139,7 @@ def cifar_table(rs: list[dict]) -> None:
     for r in rs:
         groups[r["experiment"]].append(r)
     print(
-        "| experiment | seeds | test acc (%) | test acc, 10 random orders (%) | "
+        "| experiment | seeds | test acc (%) | test acc, random orders (%) | "
         "ensemble R² (residual part) | s/epoch (fit) |"
     )
     print("|---|---|---|---|---|---|")
@@ -208,9 +208,10 @@ def main(runs: Path, plots: bool = True) -> None:
     if c:
         print("\nC. Block order on digits (L = 16, M = 32):\n")
         order_table(c)
-    if parts.get("D_cifar10"):
+    d = [r for name, rs in sorted(parts.items()) if name.startswith("D_") for r in rs]
+    if d:
         print("\nD. CIFAR-10 CPU scale (ResNet-20 layout, widths 8/16/32, M = 2):\n")
-        cifar_table(parts["D_cifar10"])
+        cifar_table(d)
     if plots and a:
         plot_curves(a, "depth_L", HERE / "depth_sweep.png", "M = 32, seed 0")
     if plots and b:
