@@ -7,7 +7,7 @@
 #   D  CIFAR-10 (real local subset), ResNet-20 layout at widths 8/16/32, M = 2, 2,000 training
 #      images, 1,000 test images, 3 epochs: mean field vs standard, 3 seeds
 # One thread per process, nice 10. About 25 min on a 2-core CPU shared with other jobs.
-# Usage: [PARTS="A B C D"] bash experiments/meanfield/study.sh [DATA_DIR] [OUT_DIR]
+# Usage: [PARTS="A B C D"] [SEEDS="0 1 2"] bash experiments/meanfield/study.sh [DATA_DIR] [OUT_DIR]
 # A sweep with a failed job (the diverging standard runs) does not stop the others.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -30,14 +30,18 @@ part C && run experiment=meanfield_digits_depth model.net.block_order=shuffle se
   hydra.sweep.dir="$OUT/C_shuffle_mean_field"
 part C && run experiment=meanfield_digits_depth model.net.scaling=standard model.optimizer.lr=0.005 \
   model.net.block_order=fixed,shuffle seed=0,1,2 hydra.sweep.dir="$OUT/C_standard"
-# D: the two experiments as two parallel sweeps (a fairer CPU share on a busy machine)
+# D: the six CIFAR runs in parallel, one seed each (a fairer CPU share on a busy machine);
+# validation only at the end (it does not change training: the test uses the last weights)
 cifar=(data=cifar10 model=meanfield_resnet paths.data_dir="$DATA"
   'data.train_files=[data_batch_1,data_batch_2]' data.verify=off data.train_subset=2000
   data.test_subset=1000 data.num_workers=0 'model.net.widths=[8,16,32]' model.net.units=2
-  model.eval_permutations=5 scheduler=cosine trainer.max_epochs=3 seed=0,1,2)
+  model.eval_permutations=5 scheduler=cosine trainer.max_epochs=3
+  trainer.check_val_every_n_epoch=3)
 if part D; then
-  run experiment=meanfield_resnet20_cifar10 "${cifar[@]}" hydra.sweep.dir="$OUT/D_cifar10_mf" &
-  run experiment=meanfield_resnet20_cifar10_standard "${cifar[@]}" \
-    hydra.sweep.dir="$OUT/D_cifar10_standard" &
+  for exp in meanfield_resnet20_cifar10 meanfield_resnet20_cifar10_standard; do
+    for seed in ${SEEDS:-0 1 2}; do
+      run experiment=$exp seed=$seed "${cifar[@]}" hydra.sweep.dir="$OUT/D_${exp}_s$seed" &
+    done
+  done
   wait
 fi
