@@ -2,6 +2,7 @@
 
 from odelab.data.base import EpochSeededRandomSampler, ImageClassificationDataModule
 from odelab.data.cifar import CIFAR10DataModule, CIFAR100DataModule
+from odelab.data.digits import DigitsDataModule, load_digits_uint8
 from odelab.data.download import download_url, extract_archive, md5sum
 from odelab.data.errors import DatasetError
 from odelab.data.mnist import MNIST5kDataModule, MNISTDataModule, read_idx
@@ -17,6 +18,7 @@ __all__ = [
     "CIFAR10DataModule",
     "CIFAR100DataModule",
     "DatasetError",
+    "DigitsDataModule",
     "EpochSeededRandomSampler",
     "ImageClassificationDataModule",
     "MNIST5kDataModule",
@@ -28,6 +30,7 @@ __all__ = [
     "crop_flip",
     "download_url",
     "extract_archive",
+    "load_digits_uint8",
     "md5sum",
     "normalize",
     "random_crop_flip",
