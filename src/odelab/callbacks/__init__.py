@@ -3,5 +3,13 @@
 from odelab.callbacks.control import RNGStateCallback, StopAfterEpochs
 from odelab.callbacks.results import ResultsWriter, load_reference
 from odelab.callbacks.timing import EpochTimer
+from odelab.callbacks.train_clock import TrainClock
 
-__all__ = ["EpochTimer", "RNGStateCallback", "ResultsWriter", "StopAfterEpochs", "load_reference"]
+__all__ = [
+    "EpochTimer",
+    "RNGStateCallback",
+    "ResultsWriter",
+    "StopAfterEpochs",
+    "TrainClock",
+    "load_reference",
+]

@@ -1,0 +1,57 @@
+"""YOPO-m-n (Zhang et al. 2019), as the official ``training_function.py`` implements it.
+
+For one minibatch (x, y), starting from eta ~ U(-eps, eps) (not clamped to the image range):
+
+    for j = 1..m:
+        L = CE(net(x + eta), y);  backprop L        # grads of all layers accumulate
+        p = -dL/dz1  (frozen co-state at the first layer's output z1 = f_0(x + eta))
+        n times:  H = <f_0(clamp(x + eta, 0, 1); theta_0), p>
+                  eta <- Proj_eps(eta - sigma sign(dH/deta)),  x + eta clipped to [0, 1]
+        backprop -H(x + eta, p) w.r.t. theta_0 only  # the layer-one Hamiltonian gradient
+
+Weights then get sum_j grad CE(x + eta_{j,0}) plus, for theta_0, sum_j grad_theta0 <f_0(x +
+eta_{j,n}), dL/dz1 at eta_{j,0}>: one optimiser step per minibatch with lr divided by m.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+
+
+def yopo_step(
+    net,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    eta: torch.Tensor,
+    m: int,
+    n: int,
+    sigma: float,
+    eps: float,
+    backward: Callable[[torch.Tensor], None] = torch.Tensor.backward,
+    hamiltonian_grad: bool = True,
+) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """Accumulate YOPO-m-n gradients into ``.grad`` of ``net``'s parameters; return the final
+    eta and the m full-pass losses. ``net`` has ``layer_one`` and ``forward_with_z1``;
+    ``backward`` is ``LightningModule.manual_backward`` in training (plain autograd here)."""
+    losses = []
+    for _ in range(m):
+        logits, z1 = net.forward_with_z1(x + eta)
+        z1.retain_grad()
+        loss = F.cross_entropy(logits, y)
+        backward(loss)
+        losses.append(loss.detach())
+        p = -z1.grad.detach()
+        for _ in range(n):
+            eta = eta.detach().requires_grad_(True)
+            h = (net.layer_one(torch.clamp(x + eta, 0.0, 1.0)) * p).sum()
+            (g,) = torch.autograd.grad(h, eta)
+            eta = torch.clamp(eta.detach() - sigma * g.sign(), -eps, eps)
+            eta = torch.clamp(x + eta, 0.0, 1.0) - x
+        eta = eta.detach()
+        if hamiltonian_grad:
+            h = (net.layer_one(torch.clamp(x + eta, 0.0, 1.0)) * p).sum()
+            backward(-h)
+    return eta, losses
