@@ -27,6 +27,13 @@ class TrainClock(pl.Callback):
     output_dir: where the curve (JSON + PNG) goes.
     curve_keys: metrics recorded against training time at each validation.
     title: plot title (e.g. the experiment name).
+    clock: ``wall`` (``time.perf_counter``) or ``process`` (``time.process_time``: the CPU time
+        of this process, all its threads; on a CPU shared with other jobs it measures the work
+        done rather than the share of the machine obtained; equal to wall time for a
+        one-thread run on an idle core). GPU runs use ``wall``.
+    max_train_s: stop training once this much training time has passed (a wall-clock budget
+        that evaluation does not eat into; set ``trainer.min_epochs=0`` so it may stop
+        mid-epoch); a validation is forced at the stop, so the curve ends at the budget.
     """
 
     def __init__(
@@ -34,11 +41,21 @@ class TrainClock(pl.Callback):
         output_dir: str,
         curve_keys: Sequence[str] = ("val/robust_acc", "val/acc"),
         title: str = "",
+        max_train_s: float | None = None,
+        clock: str = "wall",
     ):
+        if clock not in ("wall", "process"):
+            raise ValueError(f"TrainClock clock={clock!r}: use wall or process")
+        self.clock = clock
+        self._now = time.perf_counter if clock == "wall" else time.process_time
         self.output_dir = Path(output_dir)
         self.curve_keys = list(curve_keys)
         self.title = title
+        self.max_train_s = max_train_s
         self.train_s = 0.0
+        # this process's per-batch times on ``clock`` and on the wall (not checkpointed)
+        self.batch_s: list[float] = []
+        self.batch_wall_s: list[float] = []
         self.points: list[dict] = []
         self._t0: float | None = None
 
@@ -55,14 +72,21 @@ class TrainClock(pl.Callback):
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         self._sync(pl_module)
-        self._t0 = time.perf_counter()
+        self._t0, self._w0 = self._now(), time.perf_counter()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if self._t0 is None:
             return
         self._sync(pl_module)
-        self.train_s += time.perf_counter() - self._t0
+        dt = self._now() - self._t0
+        self.train_s += dt
+        self.batch_s.append(dt)
+        self.batch_wall_s.append(time.perf_counter() - self._w0)
         self._t0 = None
+        if self.max_train_s is not None and self.train_s >= self.max_train_s:
+            trainer.should_stop = True
+            log.info("training-time budget %.0f s reached at step %d", self.max_train_s,
+                     trainer.global_step)  # fmt: skip
 
     def _passes(self, pl_module) -> dict:
         return dict(pl_module.passes()) if hasattr(pl_module, "passes") else {}

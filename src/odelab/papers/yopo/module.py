@@ -247,13 +247,13 @@ class AdversarialTraining(pl.LightningModule):
         for opt in opts:
             opt.zero_grad(set_to_none=True)
         eta = torch.empty_like(x).uniform_(-self.eps, self.eps)
-        eta, losses = yopo_step(
+        _, losses, logits = yopo_step(
             self.net, x, y, eta, c["m"], c["n"], c["sigma"], self.eps, self.manual_backward
         )
         for opt in opts:
             self._opt_step(opt) if opt is opts[-1] else opt.step()
-        with torch.no_grad():  # train/acc: the final eta's accuracy ("YofoAcc" monitor)
-            logits = self.net(torch.clamp(x + eta, 0.0, 1.0))
+        # train/acc from the last full pass (at eta_{m,0}): the official extra "YofoAcc"
+        # forward at eta_{m,n} is a monitor only and is dropped (spec section 2.1)
         return logits, torch.stack(losses).mean()
 
     def on_train_epoch_end(self) -> None:

@@ -32,10 +32,11 @@ def yopo_step(
     eps: float,
     backward: Callable[[torch.Tensor], None] = torch.Tensor.backward,
     hamiltonian_grad: bool = True,
-) -> tuple[torch.Tensor, list[torch.Tensor]]:
+) -> tuple[torch.Tensor, list[torch.Tensor], torch.Tensor]:
     """Accumulate YOPO-m-n gradients into ``.grad`` of ``net``'s parameters; return the final
-    eta and the m full-pass losses. ``net`` has ``layer_one`` and ``forward_with_z1``;
-    ``backward`` is ``LightningModule.manual_backward`` in training (plain autograd here)."""
+    eta, the m full-pass losses and the last full pass's logits (at eta_{m,0}). ``net`` has
+    ``layer_one`` and ``forward_with_z1``; ``backward`` is ``LightningModule.manual_backward``
+    in training (plain autograd by default)."""
     losses = []
     for _ in range(m):
         logits, z1 = net.forward_with_z1(x + eta)
@@ -43,6 +44,7 @@ def yopo_step(
         loss = F.cross_entropy(logits, y)
         backward(loss)
         losses.append(loss.detach())
+        last_logits = logits.detach()
         p = -z1.grad.detach()
         for _ in range(n):
             eta = eta.detach().requires_grad_(True)
@@ -54,4 +56,4 @@ def yopo_step(
         if hamiltonian_grad:
             h = (net.layer_one(torch.clamp(x + eta, 0.0, 1.0)) * p).sum()
             backward(-h)
-    return eta, losses
+    return eta, losses, last_logits
