@@ -32,6 +32,8 @@ COVERED_EXPERIMENTS = [
     "fast_cifar10",
     "yopo_wrn34_cifar10",
     "pgd7_wrn34_cifar10",
+    "trades_cifar10",
+    "trades_yopo_cifar10",
 ]
 MNIST_RAW = SHARED_DATA / "mnist" / "raw"
 
@@ -233,9 +235,15 @@ def test_one_optimiser_step_per_minibatch_and_the_pass_counts():
         "free": ({"m": 4}, 4, (4, 4, 0, 0)),
         "fast": ({}, 1, (2, 2, 0, 0)),
         "natural": ({}, 1, (1, 1, 0, 0)),
+        # TRADES-10: clean forward + 10 KL steps + clean and adv forwards of the loss
+        "trades": ({"steps": 10}, 1, (1 + 10 + 2, 10 + 2, 0, 0)),
+        # TRADES-YOPO-3-4: clean + 3 full passes (z1-gradient only), 3*4 layer-one steps,
+        # then the TRADES loss's two forwards and one backward through both
+        "trades_yopo": ({"m": 3, "n": 4}, 2, (1 + 3 + 2, 3 + 2, 12, 12)),
     }
     for method, (cfg, steps, passes) in expect.items():
-        kw = {method: cfg} if method in ("yopo", "pgd", "free") else {}
+        key = "yopo" if method == "trades_yopo" else method
+        kw = {key: cfg} if key in ("yopo", "pgd", "free", "trades") else {}
         mod = _module(method, **kw)
         trainer = pl.Trainer(max_epochs=1, logger=False, enable_checkpointing=False,
                              enable_progress_bar=False, enable_model_summary=False)  # fmt: skip
@@ -248,7 +256,7 @@ def test_one_optimiser_step_per_minibatch_and_the_pass_counts():
 
 def test_bad_method_and_objective_are_clear_errors():
     with pytest.raises(ValueError, match="model.method"):
-        _module("trades")
+        _module("mart")
     with pytest.raises(ValueError, match="pgd.objective"):
         _module("pgd", pgd={"objective": "clean"})
     with pytest.raises(ValueError, match="unknown keys"):
@@ -408,3 +416,37 @@ def test_no_torchvision_was_imported():
 
     assert "torchvision" not in sys.modules
     assert Path(torch.__file__).exists()
+
+
+def test_free_keeps_its_perturbation_across_minibatches():
+    import lightning.pytorch as pl
+
+    torch.manual_seed(0)
+    x, y = torch.rand(12, 1, 2, 2), torch.arange(12) % 3
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=5)
+    mod = _module("free", free={"m": 2})
+    trainer = pl.Trainer(max_epochs=1, logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False)  # fmt: skip
+    trainer.fit(mod, loader)
+    delta = mod._free_delta
+    assert delta.shape == (5, 1, 2, 2)  # the full batch's buffer, the short last batch sliced
+    assert delta.abs().max() <= 0.3 + 1e-7 and delta.abs().max() > 0
+    assert trainer.global_step == 3 * 2  # every replay is an optimiser step
+
+
+def test_training_clock_budget_and_process_clock():
+    import lightning.pytorch as pl
+
+    from odelab.callbacks import TrainClock
+
+    with pytest.raises(ValueError, match="clock"):
+        TrainClock(".", clock="gpu")
+    x, y = torch.rand(16, 1, 2, 2), torch.arange(16) % 3
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=4)
+    clock = TrainClock(".", clock="process", max_train_s=1e-12)
+    trainer = pl.Trainer(max_epochs=3, min_epochs=0, logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False,
+                         callbacks=[clock])  # fmt: skip
+    trainer.fit(_module("natural"), loader)
+    assert trainer.global_step == 1  # the budget ran out after the first batch
+    assert len(clock.batch_s) == 1 and clock.batch_s[0] > 0 and clock.batch_wall_s[0] > 0

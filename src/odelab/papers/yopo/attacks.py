@@ -84,3 +84,24 @@ class FGSM(Attack):
 
     def __init__(self, model, eps=8 / 255, alpha=None, random_start=False, **kw):
         super().__init__(model, eps, eps if alpha is None else alpha, 1, random_start, **kw)
+
+
+class TRADESAttack(Attack):
+    """TRADES' inner maximisation (Zhang et al. 2019b, ``trades.py``): start x + 0.001 N(0, 1),
+    then ``steps`` signed-gradient steps of ``alpha`` on KL(softmax(f(x)) || softmax(f(x'))),
+    each projected to the eps-ball and [0, 1]. Eval-mode model by default, as the official code."""
+
+    def __init__(self, model, eps=0.031, alpha=0.007, steps=10, **kw):
+        super().__init__(model, eps, alpha, steps, random_start=False, **kw)
+
+    def _one_run(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        from odelab.papers.yopo.yopo import trades_kl
+
+        with torch.no_grad():
+            p_clean = F.softmax(self.model(x), dim=1)
+        x_adv = x + 0.001 * torch.randn_like(x)
+        for _ in range(self.steps):
+            x_adv.requires_grad_(True)
+            (grad,) = torch.autograd.grad(trades_kl(self.model(x_adv), p_clean), x_adv)
+            x_adv = self.project(x, x_adv.detach() + self.alpha * grad.sign())
+        return x_adv

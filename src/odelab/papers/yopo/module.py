@@ -14,6 +14,11 @@ All methods use manual optimisation (one code path; YOPO needs it):
   accuracy restores the previous epoch's weights and stops: catastrophic overfitting).
 - ``yopo``: YOPO-m-n (:func:`odelab.papers.yopo.yopo.yopo_step`), two optimisers (layer one and
   the other layers), one step each per minibatch; the configs divide the lr by m.
+- ``trades``: TRADES (``trades.steps`` KL-PGD steps of ``trades.alpha`` from x + 0.001 N(0, 1),
+  eval-mode attack), loss CE(f(x), y) + beta KL(f(x) || f(x_adv)) / B.
+- ``trades_yopo``: TRADES-YOPO-m-n: the adversary from the YOPO loop on the KL loss (eval mode,
+  :func:`~odelab.papers.yopo.yopo.trades_yopo_adversary`), then one ordinary TRADES backward;
+  two optimisers as YOPO.
 
 Evaluation: clean and PGD robust accuracy (``eval_attack``: steps, alpha, restarts; eps =
 ``eps``) in validation and test, eval mode, logged as ``{val,test}/{acc,robust_acc}``.
@@ -36,16 +41,17 @@ from torch import nn
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
-from odelab.papers.yopo.attacks import FGSM, PGD
-from odelab.papers.yopo.yopo import yopo_step
+from odelab.papers.yopo.attacks import FGSM, PGD, TRADESAttack
+from odelab.papers.yopo.yopo import trades_kl, trades_yopo_adversary, yopo_step
 
 log = logging.getLogger(__name__)
-METHODS = ("natural", "pgd", "free", "fast", "yopo")
+METHODS = ("natural", "pgd", "free", "fast", "yopo", "trades", "trades_yopo")
 _DEFAULTS: dict[str, dict[str, Any]] = {
     "yopo": {"m": 5, "n": 3, "sigma": 2 / 255, "layer_one_milestones": None},
     "pgd": {"steps": 10, "alpha": 2 / 255, "objective": "adv_plus_clean", "eval_mode": True},
     "free": {"m": 8},
     "fast": {"alpha": 10 / 255, "early_stop": False, "check_steps": 5, "check_alpha": 2 / 255},
+    "trades": {"beta": 1.0, "steps": 10, "alpha": 0.007},
     "eval_attack": {"steps": 20, "alpha": 2 / 255, "restarts": 1},
 }
 
@@ -69,7 +75,7 @@ class AdversarialTraining(pl.LightningModule):
             (``epoch`` or ``step`` = every optimiser step, Free's replays included).
         method: one of ``natural, pgd, free, fast, yopo``.
         eps: L-inf radius in [0, 1] pixel units (0.3 MNIST, 8/255 CIFAR-10).
-        yopo, pgd, free, fast, eval_attack: per-method settings (see the module docstring).
+        yopo, pgd, free, fast, trades, eval_attack: per-method settings (see the module docstring).
         cyclic_lr_max: if set, a CyclicLR 0 -> max -> 0 over the whole run (Fast's schedule,
             momentum cycled 0.8-0.9 as torch's default), replacing ``scheduler``.
         val_robust_batches: robust-evaluate at most this many validation batches (None: all).
@@ -88,6 +94,7 @@ class AdversarialTraining(pl.LightningModule):
         pgd: dict | None = None,
         free: dict | None = None,
         fast: dict | None = None,
+        trades: dict | None = None,
         eval_attack: dict | None = None,
         cyclic_lr_max: float | None = None,
         val_robust_batches: int | None = None,
@@ -103,7 +110,9 @@ class AdversarialTraining(pl.LightningModule):
         self.automatic_optimization = False
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self.net, self.method, self.eps = net, method, float(eps)
-        given = dict(yopo=yopo, pgd=pgd, free=free, fast=fast, eval_attack=eval_attack)
+        given = dict(
+            yopo=yopo, pgd=pgd, free=free, fast=fast, trades=trades, eval_attack=eval_attack
+        )
         self.cfg = {k: _merged(k, v) for k, v in given.items()}
         if self.cfg["pgd"]["objective"] not in ("adv_only", "adv_plus_clean"):
             raise ValueError(
@@ -256,6 +265,36 @@ class AdversarialTraining(pl.LightningModule):
         # forward at eta_{m,n} is a monitor only and is dropped (spec section 2.1)
         return logits, torch.stack(losses).mean()
 
+    def _trades_loss(self, x, x_adv, y):
+        """CE(f(x), y) + beta KL(softmax f(x) || softmax f(x_adv)) / B, one backward."""
+        logits = self.net(x)
+        kl = trades_kl(self.net(x_adv), F.softmax(logits, dim=1)) / x.shape[0]
+        return logits, F.cross_entropy(logits, y) + self.cfg["trades"]["beta"] * kl
+
+    def _train_trades(self, x, y, batch_idx):
+        c = self.cfg["trades"]
+        x_adv = TRADESAttack(self.net, self.eps, c["alpha"], c["steps"])(x, y)
+        logits, loss = self._trades_loss(x, x_adv, y)
+        self._single(loss)
+        return logits, loss
+
+    def _train_trades_yopo(self, x, y, batch_idx):
+        c = self.cfg["yopo"]
+        was = self.net.training
+        self.net.eval()
+        with torch.enable_grad():
+            eta = trades_yopo_adversary(self.net, x, 0.001 * torch.randn_like(x), c["m"], c["n"],
+                                        c["sigma"], self.eps)  # fmt: skip
+        self.net.train(was)
+        opts = self._optimizers()
+        for opt in opts:
+            opt.zero_grad(set_to_none=True)
+        logits, loss = self._trades_loss(x, torch.clamp(x + eta, 0.0, 1.0), y)
+        self.manual_backward(loss)
+        for opt in opts:
+            self._opt_step(opt) if opt is opts[-1] else opt.step()
+        return logits, loss
+
     def on_train_epoch_end(self) -> None:
         self.log("train/loss", self.train_loss.compute(), sync_dist=True)
         self.log("train/acc", self.acc["train_clean"].compute(), sync_dist=True)
@@ -335,7 +374,7 @@ class AdversarialTraining(pl.LightningModule):
             self.log("test/autoattack_acc", autoattack_accuracy(self.net, x, y, self.eps))
 
     def configure_optimizers(self):
-        if self.method == "yopo":
+        if self.method in ("yopo", "trades_yopo"):
             groups = [self.net.layer_one.parameters(), self.net.other_layers.parameters()]
         else:
             groups = [self.net.parameters()]
@@ -355,7 +394,7 @@ class AdversarialTraining(pl.LightningModule):
         elif self.scheduler_factory is not None:
             for i, opt in enumerate(opts):
                 ms = self.cfg["yopo"]["layer_one_milestones"]
-                if self.method == "yopo" and i == 0 and ms is not None:
+                if self.method in ("yopo", "trades_yopo") and i == 0 and ms is not None:
                     scheds.append(self.scheduler_factory(optimizer=opt, milestones=list(ms)))
                 else:
                     scheds.append(self.scheduler_factory(optimizer=opt))

@@ -46,14 +46,40 @@ def yopo_step(
         losses.append(loss.detach())
         last_logits = logits.detach()
         p = -z1.grad.detach()
-        for _ in range(n):
-            eta = eta.detach().requires_grad_(True)
-            h = (net.layer_one(torch.clamp(x + eta, 0.0, 1.0)) * p).sum()
-            (g,) = torch.autograd.grad(h, eta)
-            eta = torch.clamp(eta.detach() - sigma * g.sign(), -eps, eps)
-            eta = torch.clamp(x + eta, 0.0, 1.0) - x
-        eta = eta.detach()
+        eta = layer_one_steps(net, x, eta, p, n, sigma, eps)
         if hamiltonian_grad:
             h = (net.layer_one(torch.clamp(x + eta, 0.0, 1.0)) * p).sum()
             backward(-h)
     return eta, losses, last_logits
+
+
+def layer_one_steps(net, x, eta, p, n: int, sigma: float, eps: float) -> torch.Tensor:
+    """n sign steps on the first layer's Hamiltonian H = <f_0(clamp(x + eta, 0, 1)), p>:
+    eta <- eta - sigma sign(dH/deta), projected to the eps-ball and to x + eta in [0, 1]."""
+    for _ in range(n):
+        eta = eta.detach().requires_grad_(True)
+        h = (net.layer_one(torch.clamp(x + eta, 0.0, 1.0)) * p).sum()
+        (g,) = torch.autograd.grad(h, eta)
+        eta = torch.clamp(eta.detach() - sigma * g.sign(), -eps, eps)
+        eta = torch.clamp(x + eta, 0.0, 1.0) - x
+    return eta.detach()
+
+
+def trades_kl(logits_adv: torch.Tensor, p_clean: torch.Tensor) -> torch.Tensor:
+    """TRADES' KL(p_clean || softmax(logits_adv)), summed over the batch (KLDivLoss(sum))."""
+    return F.kl_div(F.log_softmax(logits_adv, dim=1), p_clean, reduction="sum")
+
+
+def trades_yopo_adversary(
+    net, x: torch.Tensor, eta: torch.Tensor, m: int, n: int, sigma: float, eps: float
+) -> torch.Tensor:
+    """TRADES-YOPO-m-n's adversary (official CIFAR10-TRADES code, spec 2.3): the YOPO loop on
+    the KL loss to the clean softmax, with the co-state p = -dKL/dz1 from m full passes and n
+    layer-one steps after each; no parameter gradient is kept. Call with ``net`` in eval mode."""
+    with torch.no_grad():
+        p_clean = F.softmax(net(x), dim=1)
+    for _ in range(m):
+        logits, z1 = net.forward_with_z1(torch.clamp(x + eta, 0.0, 1.0))
+        (g,) = torch.autograd.grad(trades_kl(logits, p_clean), z1)
+        eta = layer_one_steps(net, x, eta, -g.detach(), n, sigma, eps)
+    return eta
