@@ -55,7 +55,7 @@ def main() -> None:
     ap.add_argument("--clock", choices=["process", "wall"], default="process")
     ap.add_argument("--preact-width", type=float, default=0.25)
     ap.add_argument("--cnn-width", type=float, default=1.0)
-    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--batch", type=int, default=32)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     from odelab.papers.yopo import PreActResNet18, SmallCNN
