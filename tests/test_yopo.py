@@ -450,3 +450,20 @@ def test_training_clock_budget_and_process_clock():
     trainer.fit(_module("natural"), loader)
     assert trainer.global_step == 1  # the budget ran out after the first batch
     assert len(clock.batch_s) == 1 and clock.batch_s[0] > 0 and clock.batch_wall_s[0] > 0
+
+
+def test_kept_cpu_repro_records_rebuild_the_readme_numbers(capsys):
+    """experiments/yopo/runs/cpu_repro holds the CPU reproduction's curves; the table script
+    turns them into the plateau, times and ratio quoted in the README."""
+    import importlib.util
+
+    root = Path(__file__).resolve().parents[1] / "experiments" / "yopo"
+    spec = importlib.util.spec_from_file_location("cpu_repro_table", root / "cpu_repro_table.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    mod.main(root / "runs" / "cpu_repro")
+    readme = (root / "README.md").read_text()
+    for line in capsys.readouterr().out.splitlines():
+        if line.startswith(("PGD-40 level", "yopo_mnist: reaches", "pgd40_mnist: reaches",
+                            "ratio time-to-level")):  # fmt: skip
+            assert line in readme, line
