@@ -434,16 +434,16 @@ def test_free_keeps_its_perturbation_across_minibatches():
     assert trainer.global_step == 3 * 2  # every replay is an optimiser step
 
 
-def test_training_clock_budget_and_process_clock():
+def test_training_clock_budget_and_process_clock(tmp_path):
     import lightning.pytorch as pl
 
     from odelab.callbacks import TrainClock
 
     with pytest.raises(ValueError, match="clock"):
-        TrainClock(".", clock="gpu")
+        TrainClock(str(tmp_path), clock="gpu")
     x, y = torch.rand(16, 1, 2, 2), torch.arange(16) % 3
     loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=4)
-    clock = TrainClock(".", clock="process", max_train_s=1e-12)
+    clock = TrainClock(str(tmp_path), clock="process", max_train_s=1e-12)
     trainer = pl.Trainer(max_epochs=3, min_epochs=0, logger=False, enable_checkpointing=False,
                          enable_progress_bar=False, enable_model_summary=False,
                          callbacks=[clock])  # fmt: skip
