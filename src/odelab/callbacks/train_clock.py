@@ -113,8 +113,9 @@ class TrainClock(pl.Callback):
             return
         self.output_dir.mkdir(parents=True, exist_ok=True)
         (self.output_dir / "time_curve.json").write_text(json.dumps(self.points, indent=1))
+        xlabel = "training " + ("wall" if self.clock == "wall" else "process CPU") + " time (s)"
         png = plot_curve(self.points, self.curve_keys, self.output_dir / "time_curve.png",
-                         self.title)  # fmt: skip
+                         self.title, xlabel)  # fmt: skip
         if png is None:
             return
         for lg in trainer.loggers:
@@ -128,7 +129,11 @@ class TrainClock(pl.Callback):
 
 
 def plot_curve(
-    points: list[dict], keys: Sequence[str], path: Path, title: str = ""
+    points: list[dict],
+    keys: Sequence[str],
+    path: Path,
+    title: str = "",
+    xlabel: str = "training wall time (s)",
 ) -> Path | None:
     """Accuracy (%) vs training time (s), one line per key; None without points or matplotlib."""
     if not points:
@@ -146,7 +151,7 @@ def plot_curve(
         pts = [(p["train_s"], 100 * p[k]) for p in points if k in p]
         if pts:
             ax.plot(*zip(*pts), marker="o", label=k)
-    ax.set_xlabel("training wall time (s, evaluation excluded)")
+    ax.set_xlabel(xlabel + ", evaluation excluded")
     ax.set_ylabel("accuracy (%)")
     ax.set_title(title)
     ax.grid(alpha=0.3)
