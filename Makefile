@@ -11,6 +11,9 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install --upgrade -q pip
 	$(PIP) install -c constraints.txt -e '.[dev]'
+	# torchattacks (dev: YOPO's cross-check and AutoAttack) lists torchvision, which would replace
+	# the CPU torch, but never imports it: install it alone, without its requirements
+	$(PIP) install --no-deps -c constraints.txt torchattacks==3.5.1
 	touch $(STAMP)
 
 install: $(STAMP)

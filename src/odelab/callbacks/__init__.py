@@ -5,6 +5,7 @@ from odelab.callbacks.averaging import AverageLastCheckpoints, average_checkpoin
 from odelab.callbacks.control import RNGStateCallback, StopAfterEpochs
 from odelab.callbacks.results import ResultsWriter, load_reference
 from odelab.callbacks.timing import EpochTimer
+from odelab.callbacks.train_clock import TrainClock
 
 __all__ = [
     "EpochTimer",
@@ -14,5 +15,6 @@ __all__ = [
     "RNGStateCallback",
     "ResultsWriter",
     "StopAfterEpochs",
+    "TrainClock",
     "load_reference",
 ]

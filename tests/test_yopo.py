@@ -1,0 +1,469 @@
+"""YOPO and its peers: networks, attack invariants, YOPO's gradients against an independent
+float64 reference, every experiment under debug=fdr, the training clock, the torchattacks check."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from conftest import SHARED_DATA
+from odelab.papers.yopo import (
+    FGSM,
+    PGD,
+    AdversarialTraining,
+    LayerOneNet,
+    PreActResNet18,
+    SmallCNN,
+    WideResNet,
+    yopo_step,
+)
+
+COVERED_EXPERIMENTS = [
+    "yopo_mnist",
+    "pgd40_mnist",
+    "yopo_cifar10",
+    "pgd10_cifar10",
+    "free8_cifar10",
+    "fast_cifar10",
+    "yopo_wrn34_cifar10",
+    "pgd7_wrn34_cifar10",
+    "trades_cifar10",
+    "trades_yopo_cifar10",
+]
+MNIST_RAW = SHARED_DATA / "mnist" / "raw"
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Many tiny backward passes: one intra-op thread is ~20x faster than two on a busy
+    2-core machine (measured); restored for the other test modules."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+# ------------------------------------------------------------------ networks
+@pytest.mark.parametrize(
+    ("net", "params"),
+    [  # official layouts: TRADES SmallCNN, kuangliu/YOPO PreAct-R18 (+1,024 with the final BN),
+        # TRADES WRN-34-10
+        (lambda: SmallCNN(), 312_202),
+        (lambda: PreActResNet18(final_bn=False), 11_171_146),
+        (lambda: PreActResNet18(final_bn=True), 11_171_146 + 2 * 512),
+        (lambda: WideResNet(34, 10), 46_160_474),
+    ],
+    ids=["smallcnn", "preact18", "preact18_bn", "wrn34_10"],
+)
+def test_parameter_counts_match_the_official_networks(net, params):
+    assert sum(p.numel() for p in net().parameters()) == params
+
+
+def test_layer_one_is_declared_and_forward_with_z1_agrees():
+    torch.manual_seed(0)
+    cases = [
+        (SmallCNN(width=0.25), (2, 1, 28, 28), (2, 8, 26, 26)),
+        (PreActResNet18(width=0.125), (2, 3, 32, 32), (2, 8, 32, 32)),
+        (WideResNet(10, 1), (2, 3, 32, 32), (2, 16, 32, 32)),
+    ]
+    for net, shape, z1_shape in cases:
+        net.eval()
+        x = torch.rand(shape)
+        logits, z1 = net.forward_with_z1(x)
+        assert z1.shape == z1_shape
+        assert torch.allclose(logits, net(x))
+    assert isinstance(SmallCNN().layer_one[1], nn.ReLU)  # f_0 = ReLU(conv 1->32)
+    with pytest.raises(ValueError, match="depth"):
+        WideResNet(33)
+
+
+def test_normalisation_lives_in_layer_one():
+    net = PreActResNet18(width=0.125, mean=[0.5, 0.5, 0.5], std=[0.25, 0.25, 0.25]).eval()
+    conv = net.layer_one[1]
+    x = torch.rand(2, 3, 32, 32)
+    assert torch.allclose(net.layer_one(x), conv((x - 0.5) / 0.25), atol=1e-6)
+
+
+# ------------------------------------------------------------------ attacks
+def _tiny_cnn(seed=0):
+    torch.manual_seed(seed)
+    net = SmallCNN(width=0.25)
+    with torch.no_grad():  # the official last layer starts at zero: no input gradient yet
+        net.other_layers[1][-1].weight.normal_(0, 0.3)
+    return net
+
+
+@pytest.mark.parametrize("attack", ["pgd", "pgd_restarts", "fgsm", "fgsm_rs"])
+@pytest.mark.parametrize("mode", ["train", "eval"])
+def test_adversarial_examples_stay_in_the_ball_and_the_image_range(attack, mode):
+    net = _tiny_cnn().train(mode == "train")
+    x = torch.rand(8, 1, 28, 28)
+    x[:, :, :4] = 0.0  # pixels on the box's faces
+    x[:, :, -4:] = 1.0
+    y = torch.arange(8) % 10
+    eps = 0.3
+    atk = {
+        "pgd": PGD(net, eps, 0.05, 10),
+        "pgd_restarts": PGD(net, eps, 0.05, 3, restarts=3),
+        "fgsm": FGSM(net, eps),
+        "fgsm_rs": FGSM(net, eps, alpha=1.25 * eps, random_start=True),
+    }[attack]
+    adv = atk(x, y)
+    assert (adv - x).abs().max() <= eps + 1e-6
+    assert adv.min() >= 0.0 and adv.max() <= 1.0
+    assert (adv - x).abs().max() > 0.05  # it moved
+    assert net.training == (mode == "train")  # mode restored
+
+
+def test_pgd_raises_the_loss_and_fgsm_is_one_signed_step():
+    net = _tiny_cnn(1).eval()
+    x, y = torch.rand(16, 1, 28, 28) * 0.5 + 0.25, torch.arange(16) % 10
+    clean = F.cross_entropy(net(x), y)
+    adv = PGD(net, 0.1, 0.02, 10, random_start=False)(x, y)
+    assert F.cross_entropy(net(adv), y) > clean
+    x_req = x.clone().requires_grad_(True)
+    (g,) = torch.autograd.grad(F.cross_entropy(net(x_req), y), x_req)
+    want = torch.clamp(x + 0.1 * g.sign(), 0, 1)
+    assert torch.allclose(FGSM(net, 0.1)(x, y), want)
+
+
+# ------------------------------------------------------------------ YOPO vs a float64 reference
+class TinyNet(LayerOneNet):
+    """f_0(x) = tanh(W vec(x) + b); then a linear-tanh-linear head."""
+
+    num_classes = 3
+
+    def __init__(self):
+        super().__init__()
+        self.layer_one = nn.Sequential(nn.Flatten(), nn.Linear(4, 5), nn.Tanh())
+        self.other_layers = nn.Sequential(nn.Linear(5, 4), nn.Tanh(), nn.Linear(4, 3))
+
+
+def _reference_yopo(net, x, y, eta, m, n, sigma, eps, hamiltonian_grad=True):
+    """YOPO-m-n written out by hand: the Hamiltonian's gradients from their closed forms for
+    f_0 = tanh(W x + b), the CE parts by plain autograd on copies of the parameters."""
+    W = net.layer_one[1].weight.detach()
+    b = net.layer_one[1].bias.detach()
+    names = [k for k, _ in net.named_parameters()]
+    grads = {k: torch.zeros_like(p) for k, p in net.named_parameters()}
+    flat = x.flatten(1)
+    for _ in range(m):
+        params = {k: p.detach().clone().requires_grad_(True) for k, p in net.named_parameters()}
+        xe = (x + eta).flatten(1)
+        z1 = torch.tanh(xe @ params["layer_one.1.weight"].T + params["layer_one.1.bias"])
+        h = torch.tanh(z1 @ params["other_layers.0.weight"].T + params["other_layers.0.bias"])
+        logits = h @ params["other_layers.2.weight"].T + params["other_layers.2.bias"]
+        loss = F.cross_entropy(logits, y)
+        *g, g_z1 = torch.autograd.grad(loss, [params[k] for k in names] + [z1])
+        for k, gk in zip(names, g):
+            grads[k] += gk
+        p = -g_z1
+        e = eta.flatten(1)
+        for _ in range(n):
+            u = flat + e
+            xc = u.clamp(0, 1)
+            s = p * (1 - torch.tanh(xc @ W.T + b) ** 2)  # dH/da, a = W x + b
+            dh = (s @ W) * ((u >= 0) & (u <= 1))  # through the clamp (torch: inclusive)
+            e = torch.clamp(e - sigma * dh.sign(), -eps, eps)
+            e = torch.clamp(flat + e, 0, 1) - flat
+        eta = e.view_as(x)
+        if hamiltonian_grad:  # d(-H)/dW, d(-H)/db at the new eta
+            xc = (flat + e).clamp(0, 1)
+            s = p * (1 - torch.tanh(xc @ W.T + b) ** 2)
+            grads["layer_one.1.weight"] -= s.T @ xc
+            grads["layer_one.1.bias"] -= s.sum(0)
+    return eta, grads
+
+
+@pytest.mark.parametrize(("m", "n"), [(1, 1), (3, 4), (5, 3)])
+def test_yopo_gradients_equal_the_float64_reference(m, n):
+    torch.manual_seed(m * 10 + n)
+    net = TinyNet().double()
+    x = torch.rand(6, 1, 2, 2, dtype=torch.float64)
+    x[0] = 0.0  # on the box's faces
+    x[1] = 1.0
+    y = torch.arange(6) % 3
+    eps, sigma = 0.3, 0.07
+    eta0 = torch.empty_like(x).uniform_(-eps, eps)
+    eta_ref, g_ref = _reference_yopo(net, x, y, eta0, m, n, sigma, eps)
+    net.zero_grad()
+    eta, losses, _ = yopo_step(net, x, y, eta0, m, n, sigma, eps)
+    assert len(losses) == m
+    assert torch.allclose(eta, eta_ref, atol=1e-12)
+    assert (eta.abs() <= eps + 1e-12).all() and ((x + eta) >= 0).all() and ((x + eta) <= 1).all()
+    assert not torch.equal(eta, eta0)
+    for k, p in net.named_parameters():
+        assert torch.allclose(p.grad, g_ref[k], atol=1e-5, rtol=0), k
+        assert torch.allclose(p.grad, g_ref[k], atol=1e-10), k  # in fact to round-off
+
+
+def test_yopo_without_inner_steps_or_hamiltonian_is_m_times_the_ce_gradient():
+    torch.manual_seed(0)
+    net = TinyNet().double()
+    x, y = torch.rand(5, 1, 2, 2, dtype=torch.float64), torch.arange(5) % 3
+    eta0 = torch.empty_like(x).uniform_(-0.2, 0.2)
+    yopo_step(net, x, y, eta0, 4, 0, 0.1, 0.2, hamiltonian_grad=False)
+    want = torch.autograd.grad(F.cross_entropy(net(x + eta0), y), list(net.parameters()))
+    for p, w in zip(net.parameters(), want):
+        assert torch.allclose(p.grad, 4 * w, atol=1e-12)
+
+
+def _module(method, net=None, **kw):
+    from functools import partial
+
+    net = net or TinyNet()
+    opt = partial(torch.optim.SGD, lr=0.1, momentum=0.9)
+    return AdversarialTraining(net, opt, method=method, eps=0.3, **kw)
+
+
+def test_one_optimiser_step_per_minibatch_and_the_pass_counts():
+    """YOPO-5-3: 5 full passes + 5*(3+1) layer-one passes (no monitor forward), one step of
+    each optimiser; PGD-10 (adv + clean): 12 forwards and backwards; Free-4: 4 steps."""
+    import lightning.pytorch as pl
+
+    torch.manual_seed(0)
+    x, y = torch.rand(8, 1, 2, 2), torch.arange(8) % 3
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=8)
+    expect = {
+        "yopo": ({"m": 5, "n": 3}, 2, (5, 5, 5 * 3 + 5 + 0, 5 * 3 + 5)),
+        "pgd": ({"steps": 10}, 1, (12, 12, 0, 0)),
+        "free": ({"m": 4}, 4, (4, 4, 0, 0)),
+        "fast": ({}, 1, (2, 2, 0, 0)),
+        "natural": ({}, 1, (1, 1, 0, 0)),
+        # TRADES-10: clean forward + 10 KL steps + clean and adv forwards of the loss
+        "trades": ({"steps": 10}, 1, (1 + 10 + 2, 10 + 2, 0, 0)),
+        # TRADES-YOPO-3-4: clean + 3 full passes (z1-gradient only), 3*4 layer-one steps,
+        # then the TRADES loss's two forwards and one backward through both
+        "trades_yopo": ({"m": 3, "n": 4}, 2, (1 + 3 + 2, 3 + 2, 12, 12)),
+    }
+    for method, (cfg, steps, passes) in expect.items():
+        key = "yopo" if method == "trades_yopo" else method
+        kw = {key: cfg} if key in ("yopo", "pgd", "free", "trades") else {}
+        mod = _module(method, **kw)
+        trainer = pl.Trainer(max_epochs=1, logger=False, enable_checkpointing=False,
+                             enable_progress_bar=False, enable_model_summary=False)  # fmt: skip
+        trainer.fit(mod, loader)
+        assert trainer.global_step == steps, method
+        p = mod.passes()
+        got = (p["full_fwd"], p["full_bwd"], p["layer_one_fwd"], p["layer_one_bwd"])
+        assert got == passes, (method, got)
+
+
+def test_bad_method_and_objective_are_clear_errors():
+    with pytest.raises(ValueError, match="model.method"):
+        _module("mart")
+    with pytest.raises(ValueError, match="pgd.objective"):
+        _module("pgd", pgd={"objective": "clean"})
+    with pytest.raises(ValueError, match="unknown keys"):
+        _module("yopo", yopo={"k": 5})
+
+
+# ------------------------------------------------------------------ experiments under fdr
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory):
+    from canonical_data import write_cifar10, write_mnist
+
+    root = tmp_path_factory.mktemp("data")
+    write_mnist(root, n_train=16, n_test=8)
+    write_cifar10(root, n_per_batch=4)
+    return root
+
+
+SHRINK = {  # CPU-sized networks for the fdr runs (the configs' own sizes are paper sizes)
+    "mnist": ["model.net.width=0.25"],
+    "preact": ["model.net.width=0.125"],
+    "wrn": ["model.net.depth=10", "model.net.widen=1"],
+}
+
+
+@pytest.mark.parametrize("experiment", COVERED_EXPERIMENTS)
+def test_experiment_fast_dev_run(experiment, run_experiment, tiny_data):
+    kind = (
+        "mnist"
+        if "mnist" in experiment
+        else "wrn"
+        if "wrn" in experiment or "free" in experiment
+        else "preact"
+    )  # noqa: E501
+    overrides = [
+        f"experiment={experiment}",
+        "debug=fdr",
+        "logger=csv",
+        f"paths.data_dir={tiny_data}",
+        "data.batch_size=4",
+        "data.eval_batch_size=4",
+        *SHRINK[kind],
+    ]
+    _, out = run_experiment(overrides)
+    res = json.loads((out / "results.json").read_text())
+    assert res["status"] == "finished" and res["paper"] == "yopo"
+    m = res["metrics"]
+    assert 0.0 <= m["test/robust_acc"] <= 1.0 and 0.0 <= m["test/acc"] <= 1.0
+    assert m["time/train_s"] > 0 and m["passes/full_fwd"] >= 1
+    assert (out / "time_curve.json").is_file()
+
+
+def test_training_clock_curve_and_plot(run_experiment, tiny_data):
+    """Two real epochs of YOPO-2-2: the curve has a point per validation, time only grows,
+    the PNG is written, and evaluation is outside the clock."""
+    _, out = run_experiment(
+        [
+            "experiment=yopo_mnist",
+            "debug=limit",
+            "logger=csv",
+            f"paths.data_dir={tiny_data}",
+            "data.batch_size=4",
+            "data.eval_batch_size=4",
+            "model.yopo.m=2",
+            "model.yopo.n=2",
+            *SHRINK["mnist"],
+        ]
+    )
+    curve = json.loads((out / "time_curve.json").read_text())
+    assert [p["epoch"] for p in curve] == [0, 1]
+    assert 0 < curve[0]["train_s"] < curve[1]["train_s"]
+    assert curve[1]["full_fwd"] == 2 * 4 * 2  # 4 batches per epoch, m = 2 full passes each
+    assert {"val/robust_acc", "val/acc"} <= set(curve[0])
+    res = json.loads((out / "results.json").read_text())
+    assert res["metrics"]["time/train_s"] < res["wall_time_s"]
+    assert (out / "time_curve.png").stat().st_size > 1000
+
+
+# ------------------------------------------------------------------ trained-model checks
+@pytest.fixture(scope="module")
+def trained_mnist():
+    """A SmallCNN (width 1/2) trained 150 steps of FGSM-RS on 6,000 real MNIST digits."""
+    if not MNIST_RAW.is_dir():
+        pytest.skip(f"real MNIST not at {MNIST_RAW} (shared data absent)")
+    from odelab.data import MNISTDataModule
+
+    dm = MNISTDataModule(str(SHARED_DATA), mean=[0.0], std=[1.0], train_subset=6000,
+                         test_subset=500, batch_size=100)  # fmt: skip
+    dm.setup("fit")
+    torch.manual_seed(0)
+    net = SmallCNN(width=0.5)
+    opt = torch.optim.Adam(net.parameters(), lr=1e-3)
+    xs, ys = dm.data_train.tensors
+    xs = xs.float() / 255
+    net.train()
+    for _ in range(150):
+        idx = torch.randint(0, len(ys), (100,))
+        x, y = xs[idx], ys[idx]
+        adv = FGSM(net, 0.3, 0.375, random_start=True, eval_mode=False)(x, y)
+        opt.zero_grad()
+        F.cross_entropy(net(adv), y).backward()
+        opt.step()
+    xt, yt = dm.data_test.tensors
+    return net.eval(), xt.float() / 255, yt
+
+
+def _acc(net, x, y):
+    with torch.no_grad():
+        return (net(x).argmax(1) == y).float().mean().item()
+
+
+@pytest.mark.slow
+def test_robust_accuracy_below_clean_and_matches_torchattacks(trained_mnist):
+    torchattacks = pytest.importorskip("torchattacks")
+    net, x, y = trained_mnist
+    clean = _acc(net, x, y)
+    torch.manual_seed(1)
+    ours = _acc(net, PGD(net, 0.3, 0.01, 20)(x, y), y)
+    torch.manual_seed(2)
+    theirs = _acc(net, torchattacks.PGD(net, eps=0.3, alpha=0.01, steps=20)(x, y), y)
+    assert clean > 0.8
+    assert ours <= clean and theirs <= clean
+    assert 0.05 < ours < clean  # a non-trivial robust accuracy, so the comparison means something
+    assert abs(ours - theirs) <= 0.015, (ours, theirs)
+
+
+def test_robust_accuracy_is_below_clean_accuracy():
+    """A model trained on a separable toy task: PGD can only lower its accuracy."""
+    torch.manual_seed(0)
+    net = SmallCNN(width=0.25, drop=0.0)
+    x = torch.rand(64, 1, 28, 28) * 0.4
+    y = torch.arange(64) % 2
+    x[y == 1, :, 10:18, 10:18] += 0.5
+    opt = torch.optim.Adam(net.parameters(), lr=3e-3)
+    for _ in range(40):
+        opt.zero_grad()
+        F.cross_entropy(net(x), y).backward()
+        opt.step()
+    net.eval()
+    clean = _acc(net, x, y)
+    for eps in (0.02, 0.1, 0.3):
+        assert _acc(net, PGD(net, eps, eps / 4, 10)(x, y), y) <= clean
+    assert clean > 0.9 and _acc(net, PGD(net, 0.3, 0.05, 10)(x, y), y) < clean
+
+
+@pytest.mark.slow
+def test_autoattack_is_available_on_a_few_images(trained_mnist):
+    pytest.importorskip("torchattacks")
+    from odelab.papers.yopo import autoattack_accuracy
+
+    net, x, y = trained_mnist
+    aa = autoattack_accuracy(net, x[:20], y[:20], 0.3)
+    assert 0.0 <= aa <= _acc(net, x[:20], y[:20])
+
+
+def test_no_torchvision_was_imported():
+    import sys
+
+    assert "torchvision" not in sys.modules
+    assert Path(torch.__file__).exists()
+
+
+def test_free_keeps_its_perturbation_across_minibatches():
+    import lightning.pytorch as pl
+
+    torch.manual_seed(0)
+    x, y = torch.rand(12, 1, 2, 2), torch.arange(12) % 3
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=5)
+    mod = _module("free", free={"m": 2})
+    trainer = pl.Trainer(max_epochs=1, logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False)  # fmt: skip
+    trainer.fit(mod, loader)
+    delta = mod._free_delta
+    assert delta.shape == (5, 1, 2, 2)  # the full batch's buffer, the short last batch sliced
+    assert delta.abs().max() <= 0.3 + 1e-7 and delta.abs().max() > 0
+    assert trainer.global_step == 3 * 2  # every replay is an optimiser step
+
+
+def test_training_clock_budget_and_process_clock(tmp_path):
+    import lightning.pytorch as pl
+
+    from odelab.callbacks import TrainClock
+
+    with pytest.raises(ValueError, match="clock"):
+        TrainClock(str(tmp_path), clock="gpu")
+    x, y = torch.rand(16, 1, 2, 2), torch.arange(16) % 3
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=4)
+    clock = TrainClock(str(tmp_path), clock="process", max_train_s=1e-12)
+    trainer = pl.Trainer(max_epochs=3, min_epochs=0, logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False,
+                         callbacks=[clock])  # fmt: skip
+    trainer.fit(_module("natural"), loader)
+    assert trainer.global_step == 1  # the budget ran out after the first batch
+    assert len(clock.batch_s) == 1 and clock.batch_s[0] > 0 and clock.batch_wall_s[0] > 0
+
+
+def test_kept_cpu_repro_records_rebuild_the_readme_numbers(capsys):
+    """experiments/yopo/runs/cpu_repro holds the CPU reproduction's curves; the table script
+    turns them into the plateau, times and ratio quoted in the README."""
+    import importlib.util
+
+    root = Path(__file__).resolve().parents[1] / "experiments" / "yopo"
+    spec = importlib.util.spec_from_file_location("cpu_repro_table", root / "cpu_repro_table.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    mod.main(root / "runs" / "cpu_repro")
+    readme = (root / "README.md").read_text()
+    for line in capsys.readouterr().out.splitlines():
+        if line.startswith(("PGD-40 level", "yopo_mnist: reaches", "pgd40_mnist: reaches",
+                            "ratio time-to-level")):  # fmt: skip
+            assert line in readme, line
