@@ -1,9 +1,10 @@
-"""Datamodules (CIFAR-10/100, MNIST, embedded MNIST-5k), batch transforms, download + verify."""
+"""Datamodules (CIFAR-10/100, MNIST, MNIST-5k, ImageNet folders), batch transforms, download."""
 
 from odelab.data.base import EpochSeededRandomSampler, ImageClassificationDataModule
 from odelab.data.cifar import CIFAR10DataModule, CIFAR100DataModule
 from odelab.data.download import download_url, extract_archive, md5sum
 from odelab.data.errors import DatasetError
+from odelab.data.imagenet import ImageNetDataModule
 from odelab.data.mnist import MNIST5kDataModule, MNISTDataModule, read_idx
 from odelab.data.sources import CIFAR10, CIFAR100, MNIST, Source
 from odelab.data.transforms import crop_flip, normalize, random_crop_flip
@@ -17,6 +18,7 @@ __all__ = [
     "DatasetError",
     "EpochSeededRandomSampler",
     "ImageClassificationDataModule",
+    "ImageNetDataModule",
     "MNIST5kDataModule",
     "MNISTDataModule",
     "Source",

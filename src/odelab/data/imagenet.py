@@ -286,11 +286,11 @@ class ImageNetDataModule(pl.LightningDataModule):
 
     def val_samples(self) -> list[tuple[str, int]]:
         """The validation images and labels, from class folders or a flat folder + label file."""
+        self.num_classes  # noqa: B018 (reads the classes; a missing train/ is reported first)
         if not self.val_dir.is_dir():
             raise DatasetError(
                 f"ImageNet validation folder {self.val_dir} is missing: {_LAYOUT_HINT}"
             )
-        self.num_classes  # noqa: B018 (reads the classes)
         if any(e.is_dir() for e in os.scandir(self.val_dir)):
             return scan_class_folders(self.val_dir, self.classes)
         if self.val_labels is not None:

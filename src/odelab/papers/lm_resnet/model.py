@@ -299,8 +299,11 @@ class LMResNeXt(_LMStepper):
             raise ValueError(
                 f"widths={list(widths)} must name {len(layers)} stage widths for stem={stem!r}"
             )
-        if cardinality < 1 or base_width < 1:
-            raise ValueError(f"cardinality={cardinality}, base_width={base_width} must be >= 1")
+        if cardinality < 1 or int(min(widths) * base_width / 64) < 1:
+            raise ValueError(
+                f"cardinality={cardinality}, base_width={base_width}, widths={list(widths)}: "
+                "each group needs floor(width * base_width / 64) >= 1 channels"
+            )
         self.depth, self.stem_kind, self.layers = depth, stem, layers
         self.cardinality, self.base_width = cardinality, base_width
         stem_width = widths[0]  # 64 in both layouts
