@@ -335,3 +335,50 @@ def test_k_summary_and_plot(tmp_path):
     path = plot_k({"a": {"1": [0.1], "2": [-0.3]}, "b": {"1": [0.0, 0.2]}}, tmp_path / "k.png")
     with Image.open(path) as img:
         assert img.format == "PNG" and img.size[0] > 100
+
+
+def test_kept_records_rebuild_the_compression_table(tmp_path, monkeypatch, capsys):
+    """experiments/lm_resnet/compression.md is what k_analysis.py makes of the kept records."""
+    import importlib.util
+    import sys
+
+    from conftest import ROOT
+
+    folder = ROOT / "experiments" / "lm_resnet"
+    spec = importlib.util.spec_from_file_location("k_analysis", folder / "k_analysis.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    monkeypatch.setattr(sys, "argv", ["k_analysis.py", "--out", str(tmp_path)])
+    mod.main()
+    assert (tmp_path / "compression.md").read_text() == (folder / "compression.md").read_text()
+    for png in ("k_per_block.png", "compression.png"):
+        with Image.open(tmp_path / png) as img:
+            assert img.format == "PNG"
+    readme = (folder / "README.md").read_text()
+    for line in (tmp_path / "compression.md").read_text().splitlines():
+        if line.startswith("| train"):
+            assert line.split("|")[-2].strip() in readme  # every mean ± std is quoted
+
+
+def test_fit_end_saves_the_k_plot_and_logs_it_to_wandb(tmp_path):
+    """on_fit_end writes <run dir>/k_per_block.png and hands it to a W&B logger's log_image."""
+    from types import SimpleNamespace
+
+    from odelab.papers.lm_resnet import LMResNetClassifier
+
+    class WandbLogger:  # stands in for lightning's (matched by class name, as in the module)
+        def __init__(self):
+            self.images = []
+
+        def log_image(self, key, images):
+            self.images.append((key, images))
+
+    wb = WandbLogger()
+    module = LMResNetClassifier(net=tiny_resnext(), optimizer=None, scheduler=None)
+    fake = SimpleNamespace(
+        default_root_dir=str(tmp_path), is_global_zero=True, loggers=[wb], current_epoch=3
+    )
+    module.trainer = fake
+    module.on_fit_end()
+    assert (tmp_path / "k_per_block.png").exists()
+    assert wb.images == [("k/per_block", [str(tmp_path / "k_per_block.png")])]

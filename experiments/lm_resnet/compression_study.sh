@@ -8,7 +8,7 @@ cd "$(dirname "$0")/../.."
 DATA=${1:-${ODELAB_DATA_DIR:-../shared/data}}
 OUT=${2:-logs/lm_resnet_compression}
 PY=${PYTHON:-.venv/bin/python}
-OMP_NUM_THREADS=1 "$PY" run.py -m experiment=lm_resnet20_cifar10,resnet20_cifar10 \
+OMP_NUM_THREADS=1 "$PY" run.py -m experiment=${EXPERIMENTS:-lm_resnet20_cifar10,resnet20_cifar10} \
   model.net.depth=14,20 seed=0 data=cifar10 \
   paths.data_dir="$DATA" 'data.train_files=[data_batch_1,data_batch_2]' data.verify=off \
   data.train_subset=5000 data.test_subset=2000 \
