@@ -31,6 +31,7 @@ def plot_k(
 
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     fig, ax = plt.subplots(figsize=(6.0, 3.4), dpi=100)
     for label, ks in runs.items():
@@ -43,6 +44,7 @@ def plot_k(
     ax.axhline(0.0, color="k", lw=0.6)
     for y in STABLE_K:
         ax.axhline(y, color="grey", lw=0.6, ls=":")
+    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     ax.set_xlabel("block n")
     ax.set_ylabel("k_n")
     ax.set_title(title, fontsize=9)
