@@ -12,6 +12,10 @@ step, u_{n+1} = f_n(u_n) + P(u_n) with P the identity or a BN-ReLU-1x1 projectio
 Stochastic depth (paper Sec. 4, SDE reading): f_n is kept with probability p_n, a kept branch is
 scaled by 1/p_n during training ("inverted", as in the official code) or by p_n at test time
 ("test", as in Huang et al. 2016); the LM combination of u_n, u_{n-1} is always applied.
+
+Two networks share the stepping code (:class:`_LMStepper`): :class:`LMResNet`, the
+pre-activation CIFAR nets of the official code, and :class:`LMResNeXt`, the post-activation
+(grouped) bottleneck nets: LM-ResNeXt-29 on CIFAR and LM-ResNet-50/101 on ImageNet.
 """
 
 from __future__ import annotations
