@@ -39,7 +39,7 @@ def scale_of(r: dict) -> str:
     """The training scale: training files / subset, epochs, test subset."""
     d, t = r["config"]["data"], r["config"]["trainer"]
     files = d.get("train_files") or ["all"]
-    n_train = d.get("train_subset") or f"{len(files)} batch files"
+    n_train = d.get("train_subset") or f"{10_000 * len(files)} ({len(files)} CIFAR batch files)"
     n_test = d.get("test_subset") or "all 10k"
     return f"train {n_train}, {t['max_epochs']} epochs, test {n_test}"
 
@@ -73,12 +73,12 @@ def main() -> None:
         net = net_of(rs[0])
         params = sum(p.numel() for p in net.parameters())
         accs = [100 * r["metrics"]["test/acc"] for r in rs]
-        sd = f"{statistics.stdev(accs):.2f}" if len(accs) > 1 else "n/a"
+        spread = f" ± {statistics.stdev(accs):.2f}" if len(accs) > 1 else " (one seed)"
         name = f"{'LM-ResNet' if lm else 'ResNet'}-{depth}"
         mean = statistics.mean(accs)
         lines.append(
             f"| {scale} | {depth} | {name} | {params:,} | {len(net.ks)} | {len(rs)} | "
-            f"{mean:.2f} ± {sd} |"
+            f"{mean:.2f}{spread} |"
         )
         points[(scale, lm)].append((params, mean))
     table = "\n".join(lines)
