@@ -180,3 +180,43 @@ def write_mnist(root: str | Path, n_train: int = 60, n_test: int = 20, seed: int
         labels = np.array(spread_labels(n, 10, rng), dtype=np.uint8)
         write_idx_gz(folder / f"{prefix}-labels-idx1-ubyte.gz", labels)
     return folder
+
+
+def write_imagenet(
+    root: str | Path,
+    classes: tuple[str, ...] = ("n01440764", "n01443537", "n01484850"),
+    n_train: int = 3,
+    n_val: int = 2,
+    val_layout: str = "folders",
+    seed: int = 0,
+) -> Path:
+    """``root/imagenet/{train/<wnid>/*.JPEG, val/...}`` of real JPEG-encoded random images of
+    varied sizes; ``val_layout="folders"`` (val/<wnid>/) or ``"flat"`` (val/*.JPEG plus
+    ``LOC_val_solution.csv`` in Kaggle's format)."""
+    from PIL import Image
+
+    base = Path(root) / "imagenet"
+    rng = np.random.default_rng(seed)
+
+    def jpeg(path: Path) -> None:
+        h, w = int(rng.integers(24, 64)), int(rng.integers(24, 64))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(path, "JPEG")
+
+    for c in classes:
+        for i in range(n_train):
+            jpeg(base / "train" / c / f"{c}_{i}.JPEG")
+    rows = ["ImageId,PredictionString"]
+    k = 0
+    for c in classes:
+        for _ in range(n_val):
+            k += 1
+            name = f"ILSVRC2012_val_{k:08d}"
+            if val_layout == "folders":
+                jpeg(base / "val" / c / f"{name}.JPEG")
+            else:
+                jpeg(base / "val" / f"{name}.JPEG")
+                rows.append(f"{name},{c} 1 2 30 40")
+    if val_layout == "flat":
+        (base / "LOC_val_solution.csv").write_text("\n".join(rows) + "\n")
+    return base

@@ -1,10 +1,11 @@
-"""Datamodules (CIFAR-10/100, MNIST, embedded MNIST-5k), batch transforms, download + verify."""
+"""Datamodules (CIFAR-10/100, MNIST, MNIST-5k, ImageNet folders), batch transforms, download."""
 
 from odelab.data.base import EpochSeededRandomSampler, ImageClassificationDataModule
 from odelab.data.cifar import CIFAR10DataModule, CIFAR100DataModule
 from odelab.data.digits import DigitsDataModule, load_digits_uint8
 from odelab.data.download import download_url, extract_archive, md5sum
 from odelab.data.errors import DatasetError
+from odelab.data.imagenet import ImageNetDataModule
 from odelab.data.mnist import MNIST5kDataModule, MNISTDataModule, read_idx
 from odelab.data.pde_data import PDETrajectoryDataModule
 from odelab.data.restoration import RESTORATION_SOURCES, RestorationDataModule
@@ -21,6 +22,7 @@ __all__ = [
     "DigitsDataModule",
     "EpochSeededRandomSampler",
     "ImageClassificationDataModule",
+    "ImageNetDataModule",
     "MNIST5kDataModule",
     "MNISTDataModule",
     "PDETrajectoryDataModule",

@@ -1,6 +1,8 @@
 """Building blocks shared by several papers."""
 
 from odelab.nn.resnet import (
+    BottleneckBranch,
+    ConvBNShortcut,
     PreActBasicBranch,
     PreActBottleneckBranch,
     ProjectionShortcut,
@@ -8,6 +10,8 @@ from odelab.nn.resnet import (
 )
 
 __all__ = [
+    "BottleneckBranch",
+    "ConvBNShortcut",
     "PreActBasicBranch",
     "PreActBottleneckBranch",
     "ProjectionShortcut",

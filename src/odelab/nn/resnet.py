@@ -72,3 +72,43 @@ def he_fanout_init_(module: nn.Module) -> None:
         elif isinstance(m, nn.BatchNorm2d):
             m.weight.fill_(1.0)
             m.bias.zero_()
+
+
+class BottleneckBranch(nn.Sequential):
+    """Post-activation (grouped) bottleneck f(u), the ResNet-v1.5 / ResNeXt layout:
+
+    f(u) = bn(conv1x1(relu(bn(gconv3x3_s(relu(bn(conv1x1(u)))))))) with D = C * floor(p * d / 64)
+    inner channels in C groups (C = ``groups``, d = ``base_width``) and 4p output channels.
+    ResNet (He et al.) is C = 1, d = 64; ResNeXt-29 8x64d (Xie et al.) is C = 8, d = 64. The
+    stride sits on the 3x3 conv (torchvision's "v1.5"). The final ReLU comes after the skip sum,
+    so the caller applies it.
+    """
+
+    expansion = 4
+
+    def __init__(
+        self, in_planes: int, planes: int, stride: int = 1, groups: int = 1, base_width: int = 64
+    ):
+        width = int(planes * base_width / 64) * groups
+        out = planes * self.expansion
+        super().__init__(
+            nn.Conv2d(in_planes, width, 1, bias=False),
+            nn.BatchNorm2d(width),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(width, width, 3, stride=stride, padding=1, groups=groups, bias=False),
+            nn.BatchNorm2d(width),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(width, out, 1, bias=False),
+            nn.BatchNorm2d(out),
+        )
+        self.in_planes, self.out_planes, self.stride, self.width = in_planes, out, stride, width
+
+
+class ConvBNShortcut(nn.Sequential):
+    """P(u) = bn(conv1x1_s(u)): the post-activation projection ("option B") where shapes change."""
+
+    def __init__(self, in_planes: int, out_planes: int, stride: int = 1):
+        super().__init__(
+            nn.Conv2d(in_planes, out_planes, 1, stride=stride, bias=False),
+            nn.BatchNorm2d(out_planes),
+        )

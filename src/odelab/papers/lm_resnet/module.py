@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import logging
+from pathlib import Path
+
 import torch
 
 from odelab.modules import ImageClassifier
+from odelab.papers.lm_resnet.analysis import plot_k
+
+log = logging.getLogger(__name__)
 
 
 class LMResNetClassifier(ImageClassifier):
@@ -33,6 +39,22 @@ class LMResNetClassifier(ImageClassifier):
             allk = torch.cat([k.flatten() for k in ks.values()])
             self.log("k/min", allk.min(), sync_dist=False)
             self.log("k/max", allk.max(), sync_dist=False)
+
+    def on_fit_end(self) -> None:
+        """The paper's k_n figure for this run: ``k_per_block.png`` in the run directory, and
+        the same image under ``k/per_block`` in W&B when a W&B logger is attached."""
+        ks = self.results_summary()["k"]
+        if not ks or not self.trainer.is_global_zero:
+            return
+        path = Path(self.trainer.default_root_dir) / "k_per_block.png"
+        try:
+            plot_k({"final": ks}, path, title=f"learned k_n after {self.current_epoch} epochs")
+        except Exception as e:  # a figure must never fail a finished training run
+            log.warning("k_n plot failed: %s", e)
+            return
+        for lg in self.loggers:
+            if hasattr(lg, "log_image") and type(lg).__name__ == "WandbLogger":
+                lg.log_image(key="k/per_block", images=[str(path)])
 
     def results_summary(self) -> dict:
         """Per-block k_n (lists for per-channel k), for results.json."""
