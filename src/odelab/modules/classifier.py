@@ -104,17 +104,22 @@ class ImageClassifier(pl.LightningModule):
     def on_test_epoch_end(self) -> None:
         self._log_epoch("test")
 
-    def configure_optimizers(self):
-        hp = self.hparams
+    def param_groups(self) -> list[dict]:
+        """Optimizer parameter groups: no weight decay on names matching ``no_weight_decay``.
+        Subclasses that need other groups (e.g. per-group learning rates) override this."""
         decay, no_decay = [], []
         for name, p in self.named_parameters():
             if not p.requires_grad:
                 continue
-            (no_decay if any(s in name for s in hp.no_weight_decay) else decay).append(p)
+            (no_decay if any(s in name for s in self.hparams.no_weight_decay) else decay).append(p)
         groups = [{"params": decay}]
         if no_decay:
             groups.append({"params": no_decay, "weight_decay": 0.0})
-        optimizer = self.optimizer_factory(params=groups)
+        return groups
+
+    def configure_optimizers(self):
+        hp = self.hparams
+        optimizer = self.optimizer_factory(params=self.param_groups())
         if self.scheduler_factory is None:
             return optimizer
         scheduler = self.scheduler_factory(optimizer=optimizer)

@@ -115,7 +115,7 @@ class MeanFieldClassifier(ImageClassifier):
             self.log("test/residual_share", float((z - z0).norm() / z.norm()), sync_dist=True)
 
     # ---- optimiser: unit parameters get the block lr -----------------------------------------
-    def configure_optimizers(self):
+    def param_groups(self) -> list[dict]:
         hp = self.hparams
         prefixes = self.net.block_parameter_names()
         base_lr = self.optimizer_factory.keywords.get("lr")
@@ -137,18 +137,7 @@ class MeanFieldClassifier(ImageClassifier):
             if no_wd:
                 g["weight_decay"] = 0.0
             params.append(g)
-        optimizer = self.optimizer_factory(params=params)
-        if self.scheduler_factory is None:
-            return optimizer
-        scheduler = self.scheduler_factory(optimizer=optimizer)
-        return {
-            "optimizer": optimizer,
-            "lr_scheduler": {
-                "scheduler": scheduler,
-                "interval": hp.scheduler_interval,
-                "monitor": hp.monitor,
-            },
-        }
+        return params
 
     def results_summary(self) -> dict:
         """The per-step training loss and the model's L, M, scaling, order, lr multiplier."""
