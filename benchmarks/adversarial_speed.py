@@ -9,6 +9,11 @@ each arm is a warm-up and is dropped. Time per step is the median, by default pr
 PGD is the YOPO repo's baseline (adv + clean loss, eval-mode attack). Data: uniform random
 pixels and labels (a step's cost does not depend on them).
 
+Each pair also times the three kinds of pass on the same model and batch (a full training pass:
+train-mode forward + backward to every weight and to z1; a PGD attack pass: eval-mode forward +
+backward to the input only; one layer-one sign step) and prints the step ratio these costs
+predict, beside the pass-count ratio (which assumes every pass costs the same).
+
 Ends with one line per pair: ``ratio yopo-5-3/pgd-10 <x>`` and ``ratio yopo-5-10/pgd-40 <x>``.
 """
 
@@ -47,6 +52,43 @@ def time_arm(make_net, method: str, cfg: dict, x, y, steps: int, eps: float, clo
     return clock_cb.batch_s[1:], clock_cb.batch_wall_s[1:], passes
 
 
+def pass_costs(net, x, y, eps: float, sigma: float, clock: str, reps: int) -> dict[str, float]:
+    """Median seconds of one full training pass, one PGD attack pass and one layer-one step."""
+    import torch.nn.functional as F
+
+    from odelab.papers.yopo.yopo import layer_one_steps
+
+    now = time.process_time if clock == "process" else time.perf_counter
+    p = -torch.ones_like(net.layer_one(x))
+    eta = torch.empty_like(x).uniform_(-eps, eps)
+
+    def full():
+        net.train()
+        net.zero_grad(set_to_none=False)
+        logits, z1 = net.forward_with_z1(x + eta)
+        z1.retain_grad()
+        F.cross_entropy(logits, y).backward()
+
+    def attack():
+        net.eval()
+        xa = (x + eta).requires_grad_(True)
+        torch.autograd.grad(F.cross_entropy(net(xa), y), xa)
+
+    def layer_one():
+        layer_one_steps(net, x, eta, p, 1, sigma, eps)
+
+    kinds = {"full": full, "attack": attack, "layer_one": layer_one}
+    times = {k: [] for k in kinds}
+    for f in kinds.values():  # warm-up
+        f()
+    for _ in range(reps):  # interleaved
+        for k, f in kinds.items():
+            t0 = now()
+            f()
+            times[k].append(now() - t0)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=3, help="timed steps per arm per round")
@@ -56,6 +98,7 @@ def main() -> None:
     ap.add_argument("--preact-width", type=float, default=0.25)
     ap.add_argument("--cnn-width", type=float, default=1.0)
     ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--pass-reps", type=int, default=5, help="timed reps per kind of pass")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     from odelab.papers.yopo import PreActResNet18, SmallCNN
@@ -88,6 +131,21 @@ def main() -> None:
             print(f"  {name:10s} {args.clock} {statistics.median(t[name][0]):7.3f} s/step, "
                   f"wall {statistics.median(t[name][1]):7.3f} s/step, passes/step {passes[name]}",
                   flush=True)  # fmt: skip
+        torch.manual_seed(0)
+        c = pass_costs(make_net(), x, y, eps, cfg_a["sigma"], args.clock, args.pass_reps)
+        m, n, k = cfg_a["m"], cfg_a["n"], cfg_b["steps"]
+        # YOPO-m-n: m full passes, m (n + 1) layer-one passes (n sign steps + the -H backward);
+        # PGD-k (adv + clean, the repo's): k attack passes + 2 full; Madry (adv only): k + 1
+        yopo_cost = m * c["full"] + m * (n + 1) * c["layer_one"]
+        model_ratio = yopo_cost / (k * c["attack"] + 2 * c["full"])
+        madry_ratio = yopo_cost / (k * c["attack"] + c["full"])
+        print(f"  pass costs ({args.clock}, ms): full {1e3 * c['full']:.1f}, attack "
+              f"{1e3 * c['attack']:.1f} ({c['attack'] / c['full']:.2f} of full), layer-one step "
+              f"{1e3 * c['layer_one']:.2f} ({c['layer_one'] / c['full']:.3f} of full)",
+              flush=True)  # fmt: skip
+        print(f"  predicted {name_a}/{name_b} from pass costs {model_ratio:.2f} (Madry's adv-only "
+              f"PGD {madry_ratio:.2f}); pass-count ratio {m}/{k + 2} = {m / (k + 2):.2f} assumes "
+              f"an attack pass costs a full pass", flush=True)  # fmt: skip
         r = statistics.median(t[name_a][0]) / statistics.median(t[name_b][0])
         rw = statistics.median(t[name_a][1]) / statistics.median(t[name_b][1])
         print(f"  wall-clock ratio {name_a}/{name_b} {rw:.2f}", flush=True)
