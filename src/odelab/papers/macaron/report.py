@@ -76,7 +76,8 @@ def plot_macaron_vs_transformer(report: PaperReport, out_dir: Path) -> Path | No
                             textcoords="offset points")  # fmt: skip
         ax.set_xticks(range(len(tasks)), tasks, fontsize=8)
         ax.set_ylabel(METRICS[metric])
-        ax.set_ylim(0, max(b["value"] + b["std"] for b in bs) * 1.35)
+        ax.set_xlim(-0.6, len(tasks) - 0.4)
+        ax.set_ylim(0, max(b["value"] + b["std"] for b in bs) * 1.5)
         ax.grid(axis="y", alpha=0.3)
         ax.bar(0, 0, color="C0", label="Macaron, ours")
         ax.bar(0, 0, color="C3", label="Transformer, ours")
