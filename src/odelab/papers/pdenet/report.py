@@ -25,7 +25,7 @@ FILES = ("rollout_bands.npz", "bands.npz")
 
 
 def rollout_bands(report: PaperReport) -> list[dict]:
-    """One entry per run with a bands file: ``{experiment, label, seed, t, bands}``;
+    """One entry per run with a bands file: ``{experiment, label, seed, t, bands, file}``;
     ``bands[name]`` is the (3, len(t)) array of 25/50/75 % error percentiles."""
     out = []
     for g in report.groups:
@@ -39,7 +39,7 @@ def rollout_bands(report: PaperReport) -> list[dict]:
                 bands = {k: z[k] for k in z.files if k != "t"}
                 t = z["t"]
             out.append({"experiment": g.experiment, "label": group_label(g), "seed": run.seed,
-                        "t": t, "bands": bands})  # fmt: skip
+                        "t": t, "bands": bands, "file": path})  # fmt: skip
     return out
 
 
