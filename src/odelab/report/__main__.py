@@ -66,7 +66,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     explicit = args.sources is not None
     for paper in args.papers:
-        sources = args.sources if explicit else default_sources(paper)
+        sources = args.sources
+        if not explicit:  # the defaults that exist: results.md names exactly what it read
+            sources = [s for s in default_sources(paper) if Path(s).exists()]
         runs = collect(sources, paper=paper, missing_ok=not explicit)
         out_dir = (args.out / paper) if args.out else EXPERIMENTS_DIR / paper
         wandb_on = args.wandb

@@ -4,12 +4,15 @@ Extension point: a paper adds ``src/odelab/papers/<paper>/report.py`` with
 
     def plots(report: odelab.report.table.PaperReport, out_dir: pathlib.Path) -> list[Path]
 
-which writes its figures (robust accuracy vs time, rollout error bands, BLEU per setting, ...)
-into ``out_dir`` and returns their paths; optionally ``RUN_LOCAL_KEYS = (...)``: more dotted
-config keys (fnmatch patterns) that do not change what a run computes. ``report.groups`` holds
-the finished runs (``Group.runs``: :class:`~odelab.report.runs.Run` with ``metrics``, ``config``,
-``extra`` = everything else of results.json), ``Group.recipe`` says whether they used the
-recipe; ``report.rows`` / ``report.variant_rows`` are the aggregated table lines.
+which writes its figures (``results_<what>.png``: robust accuracy vs time, rollout error
+bands, BLEU per setting, ...) into ``out_dir`` and returns their paths (the W&B summary run
+logs each as ``report/plots/results_<what>``); optionally ``RUN_LOCAL_KEYS = (...)``: more
+dotted config keys (fnmatch patterns) that do not change what a run computes.
+``report.groups`` holds the finished runs (``Group.runs``: :class:`~odelab.report.runs.Run`
+with ``metrics``, ``config``, ``extra`` = everything else of results.json, and ``file(name)``:
+a file the run kept beside its record, e.g. ``time_curve.json``), ``Group.recipe`` says
+whether they used the recipe; ``report.rows`` / ``report.variant_rows`` are the table lines.
+A plot whose input files no run kept is simply not drawn (never a placeholder curve).
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import re
 from pathlib import Path
 from types import ModuleType
 
-from odelab.report.table import PaperReport
+from odelab.report.table import Group, PaperReport
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +42,11 @@ def paper_hooks(paper: str) -> ModuleType | None:
 
 def slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9]+", "_", text).strip("_")
+
+
+def group_label(group: Group) -> str:
+    """``experiment`` for the recipe, ``experiment [config hash]`` for a different config."""
+    return group.experiment + ("" if group.recipe else f" [{group.config_hash}]")
 
 
 def pyplot():

@@ -81,6 +81,22 @@ class Run:
     def error(self) -> str | None:
         return self.extra.get("error")
 
+    def file(self, *names: str) -> Path | None:
+        """A file the run left beside its record, for plots: ``<run dir>/<name>`` next to a
+        ``results.json`` (or the output dir holding an offline ``wandb/offline-run-*``), or
+        ``<stem>_<name>`` next to a kept copy ``<stem>.json``. None when absent (W&B API runs)."""
+        src = Path(self.source)
+        if self.source.startswith(("wandb:", "http")) or not src.exists():
+            return None
+        if src.is_dir():  # an offline W&B run: <output_dir>/wandb/offline-run-*
+            dirs = [src.parent.parent] if src.parent.name == "wandb" else []
+            candidates = [d / n for d in dirs for n in names]
+        elif src.name == "results.json":
+            candidates = [src.parent / n for n in names]
+        else:  # a kept copy among others: only files named after it are its own
+            candidates = [src.with_name(f"{src.stem}_{n}") for n in names]
+        return next((c for c in candidates if c.is_file()), None)
+
 
 def _finite(v: Any) -> float | None:
     try:

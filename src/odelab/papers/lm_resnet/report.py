@@ -13,7 +13,7 @@ import json
 import statistics
 from pathlib import Path
 
-from odelab.report.plots import finish, pyplot
+from odelab.report.plots import finish, group_label, pyplot
 from odelab.report.table import Group, PaperReport, recipe_config
 
 
@@ -43,10 +43,6 @@ def _k_by_block(group: Group) -> dict[int, list[float]]:
     return dict(sorted(out.items()))
 
 
-def _label(group: Group) -> str:
-    return group.experiment + ("" if group.recipe else f" [{group.config_hash}]")
-
-
 def plot_k(report: PaperReport, out_dir: Path) -> Path | None:
     groups = [(g, _k_by_block(g)) for g in report.groups]
     groups = [(g, k) for g, k in groups if k]
@@ -59,7 +55,7 @@ def plot_k(report: PaperReport, out_dir: Path) -> Path | None:
         means = [statistics.fmean(v) for v in k.values()]
         stds = [statistics.stdev(v) if len(v) > 1 else 0.0 for v in k.values()]
         ax.errorbar(blocks, means, yerr=stds, marker="o", capsize=3, color=f"C{i % 10}",
-                    label=f"{_label(g)} (n={len(g.runs)})")  # fmt: skip
+                    label=f"{group_label(g)} (n={len(g.runs)})")  # fmt: skip
     ax.axhspan(-0.1, 0.0, color="grey", alpha=0.15, label="init U(-0.1, 0)")
     ax.axhline(0, color="k", lw=0.5)
     ax.set_xlabel("block n (plain steps at stage starts have no k)")
