@@ -131,6 +131,46 @@ def run_once(model: str, option: str, a, data_dir: Path, out: Path) -> float | N
         return None
 
 
+def deterministic_cost(device: str, rounds: int, steps: int, batch: int = 128) -> float:
+    """Per-step time of LM-ResNet-20 training with ``torch.use_deterministic_algorithms(True)``
+    (+ ``CUBLAS_WORKSPACE_CONFIG``, what ``trainer.deterministic=true`` sets) over the default,
+    interleaved rounds, medians; process CPU time on CPU, synchronised wall time on CUDA."""
+    import time
+
+    import torch.nn.functional as F
+
+    from odelab.papers.lm_resnet import LMResNet
+
+    dev = torch.device(device)
+    clock = time.process_time if dev.type == "cpu" else time.perf_counter
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+    torch.manual_seed(0)
+    net = LMResNet(depth=20, num_classes=10, in_channels=3).to(dev).train()
+    opt = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
+    x, y = torch.randn(batch, 3, 32, 32, device=dev), torch.randint(0, 10, (batch,), device=dev)
+    times: dict[bool, list[float]] = {False: [], True: []}
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    for _ in range(rounds):
+        for det in (False, True):
+            torch.use_deterministic_algorithms(det)
+            for i in range(steps + 1):
+                sync()
+                t0 = clock()
+                loss = F.cross_entropy(net(x), y)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                sync()
+                if i:  # the first step after a switch warms up
+                    times[det].append(clock() - t0)
+    torch.use_deterministic_algorithms(False)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    d, t = 1e3 * med[False], 1e3 * med[True]
+    print(f"lm_resnet20 {device}: ms/step default {d:.1f}, deterministic {t:.1f} "
+          f"({rounds} rounds x {steps} steps, {clock.__name__})")  # fmt: skip
+    return med[True] / med[False]
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
@@ -144,7 +184,14 @@ def main() -> None:
     p.add_argument("--data-dir", default=os.environ.get("ODELAB_SHARED_DATA", ""))
     p.add_argument("--peak-tflops", type=float, default=None)
     p.add_argument("--out", default=None)
+    p.add_argument("--deterministic-cost", action="store_true",
+                   help="only the in-process deterministic-mode step-time ratio")  # fmt: skip
+    p.add_argument("--steps", type=int, default=5, help="steps per arm and round (that mode)")
     a = p.parse_args()
+    if a.deterministic_cost:
+        r = deterministic_cost(a.device, max(a.rounds, 2), a.steps)
+        print(f"ratio lm_resnet20 deterministic/default {r:.3f}")
+        return
     out = Path(a.out or tempfile.mkdtemp(prefix="odelab-gpu-speed-"))
     out.mkdir(parents=True, exist_ok=True)
     data_dir = Path(a.data_dir) if a.data_dir else out / "data"
