@@ -16,7 +16,8 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from odelab.utils.checkpoint import check_checkpoint, find_resume_checkpoint, hpc_checkpoints
+# torch/lightning are imported inside the functions that need them: `run.py --help` and config
+# errors answer in about a second instead of after the ~5-15 s import of lightning (startup.py)
 from odelab.utils.config import configure_wandb_env, register_resolvers, to_container
 
 log = logging.getLogger("odelab.train")
@@ -36,6 +37,8 @@ def instantiate_all(cfg: DictConfig) -> dict[str, Any]:
             callbacks.append(hydra.utils.instantiate(node))
         elif node is not None:
             raise ValueError(f"callbacks.{name} has no _target_; every callback node needs one")
+    if cfg.get("speed") is not None:  # compile / channels_last: every experiment, any callbacks
+        callbacks.append(hydra.utils.instantiate(cfg.speed))
     objects["callbacks"] = callbacks
     objects["loggers"] = _loggers(cfg)
     objects["trainer"] = hydra.utils.instantiate(
@@ -98,6 +101,9 @@ def run(cfg: DictConfig) -> float | None:
     """Train and test as ``cfg`` says; return the monitored metric (for sweeps)."""
     import lightning.pytorch as pl
 
+    from odelab.callbacks.speed import check_speed_config
+
+    check_speed_config(cfg)
     if cfg.get("seed") is not None:
         pl.seed_everything(cfg.seed, workers=True)
     out = Path(cfg.paths.output_dir)
@@ -137,6 +143,8 @@ def run(cfg: DictConfig) -> float | None:
 def _resume_ckpt(cfg: DictConfig, out: Path) -> str | None:
     """``ckpt_path`` if set (checked: a clear error when unreadable); else, with ``auto_resume``,
     the newest readable checkpoint in this run's output dir (a requeued job, a re-run)."""
+    from odelab.utils.checkpoint import check_checkpoint, find_resume_checkpoint
+
     if cfg.get("ckpt_path"):
         check_checkpoint(cfg.ckpt_path)
         return str(cfg.ckpt_path)
@@ -151,6 +159,8 @@ def _resume_ckpt(cfg: DictConfig, out: Path) -> str | None:
 def _in_memory(trainer) -> str | None:
     """The ``ckpt_path`` that tests the weights in memory: ``None``, unless Lightning would load
     a SLURM ``hpc_ckpt`` for ``None`` (then ``last.ckpt``, saved at the end of fit)."""
+    from odelab.utils.checkpoint import hpc_checkpoints
+
     if not hpc_checkpoints(trainer.default_root_dir):
         return None
     ckpt = trainer.checkpoint_callback

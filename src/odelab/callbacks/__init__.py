@@ -3,16 +3,19 @@
 from odelab.callbacks.averaging import AverageLastCheckpoints, average_checkpoints
 from odelab.callbacks.control import PreemptionCheckpoint, RNGStateCallback, StopAfterEpochs
 from odelab.callbacks.results import ResultsWriter, load_reference
-from odelab.callbacks.timing import EpochTimer
+from odelab.callbacks.speed import SpeedSwitches
+from odelab.callbacks.timing import EpochTimer, FirstStepStamp
 from odelab.callbacks.train_clock import TrainClock
 
 __all__ = [
     "EpochTimer",
+    "FirstStepStamp",
     "PreemptionCheckpoint",
     "AverageLastCheckpoints",
     "average_checkpoints",
     "RNGStateCallback",
     "ResultsWriter",
+    "SpeedSwitches",
     "StopAfterEpochs",
     "TrainClock",
     "load_reference",

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import sys
 import time
+from pathlib import Path
 
 import lightning.pytorch as pl
 import torch
@@ -34,3 +36,22 @@ class EpochTimer(pl.Callback):
         dt = time.perf_counter() - self._t0
         self.epoch_times.append(dt)
         pl_module.log("time/train_epoch_s", dt, sync_dist=False, rank_zero_only=True)
+
+
+class FirstStepStamp(pl.Callback):
+    """Log the Unix time at the start of the first training step (``first_train_step_unix=<t>``
+    on stderr and in the log) and, if ``path`` is set, write it there: what
+    ``benchmarks/startup.py`` subtracts the process start from. Costs nothing after step one."""
+
+    def __init__(self, path: str | None = None) -> None:
+        self.path = path
+        self.done = False
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if self.done:
+            return
+        self.done = True
+        t = time.time()
+        print(f"first_train_step_unix={t:.6f}", file=sys.stderr, flush=True)
+        if self.path:
+            Path(self.path).write_text(f"{t:.6f}\n")

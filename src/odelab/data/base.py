@@ -1,7 +1,20 @@
-"""The shared image-classification datamodule: uint8 splits in memory, transforms on the batch."""
+"""The shared image-classification datamodule: uint8 splits in memory, transforms on the batch.
+
+Two loading paths, one augmentation function:
+
+- host (``device_resident=False``): a ``DataLoader`` over :class:`BatchedTensorDataset`, which
+  gathers a whole batch with one tensor index (no per-sample ``__getitem__`` + collate);
+- device-resident (``True``; ``"auto"``: when the trainer runs on CUDA): each split is one uint8
+  tensor on the accelerator and :class:`TensorBatchLoader` slices batches out of it there
+  (airbench-style), sharded per rank like ``DistributedSampler``.
+
+Either way :meth:`ImageClassificationDataModule.on_after_batch_transfer` does pad + random crop
++ flip + normalisation on the whole batch, on the batch's device.
+"""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Sequence
 from typing import Any, ClassVar
 
@@ -15,6 +28,7 @@ from odelab.data.sources import Source
 from odelab.data.transforms import PAD_MODES, normalize, random_crop_flip
 
 _SUBSET_SEED = 0  # the fixed permutation that train_subset / test_subset take their first N from
+DEVICE_RESIDENT = ("auto", True, False)
 
 
 def mix_seed(*ints: int) -> int:
@@ -43,8 +57,103 @@ class EpochSeededRandomSampler(Sampler[int]):
         return self.num_samples
 
     def __iter__(self) -> Iterator[int]:
-        g = torch.Generator().manual_seed(mix_seed(self.seed, self.epoch))
-        return iter(torch.randperm(self.num_samples, generator=g).tolist())
+        return iter(epoch_permutation(self.num_samples, self.seed, self.epoch).tolist())
+
+
+def epoch_permutation(n: int, seed: int, epoch: int) -> torch.Tensor:
+    """The training order of ``epoch``: a permutation of ``range(n)``, a pure function of
+    (seed, epoch); the one :class:`EpochSeededRandomSampler` and :class:`TensorBatchLoader` use."""
+    g = torch.Generator().manual_seed(mix_seed(seed, epoch))
+    return torch.randperm(n, generator=g)
+
+
+class BatchedTensorDataset(TensorDataset):
+    """A ``TensorDataset`` whose batches are one gather per tensor.
+
+    ``DataLoader`` calls :meth:`__getitems__` with the batch's indices; with
+    :func:`collate_batch` as ``collate_fn`` the batch is ``tuple(t[indices] for t in tensors)``:
+    no per-sample ``__getitem__``, no per-sample collate.
+    """
+
+    def __getitems__(self, indices: list[int]) -> tuple[torch.Tensor, ...]:
+        idx = torch.as_tensor(indices, dtype=torch.long)
+        return tuple(t[idx] for t in self.tensors)
+
+
+def collate_batch(batch: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+    """``collate_fn`` for :class:`BatchedTensorDataset`: the gathered batch as it is."""
+    return batch
+
+
+class _Shards:
+    """Which indices rank ``rank`` of ``world_size`` visits in an epoch (DistributedSampler
+    semantics: the epoch's order padded by repeating its start to a multiple of
+    ``world_size``, then every ``world_size``-th from ``rank``). ``shuffle``: the order is
+    :func:`epoch_permutation` of (seed, epoch), else ``0..n-1``. Lightning calls
+    :meth:`set_epoch` on ``loader.sampler`` at every epoch start."""
+
+    def __init__(self, n: int, shuffle: bool, seed: int, rank: int = 0, world_size: int = 1):
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank={rank} is not in [0, world_size={world_size})")
+        self.n, self.shuffle, self.seed = n, shuffle, seed
+        self.rank, self.world_size = rank, world_size
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return math.ceil(self.n / self.world_size)
+
+    def indices(self) -> torch.Tensor:
+        n = self.n
+        order = epoch_permutation(n, self.seed, self.epoch) if self.shuffle else torch.arange(n)
+        total = len(self) * self.world_size
+        if total > self.n:
+            order = torch.cat([order, order.repeat(math.ceil(total / self.n))[: total - self.n]])
+        return order[self.rank : total : self.world_size]
+
+
+class TensorBatchLoader:
+    """Batches sliced out of tensors that already sit on their device: a ``DataLoader`` for
+    device-resident data.
+
+    Each epoch: the rank's indices (:class:`_Shards`) move to the data's device once; every
+    batch is then ``tuple(t[idx[i:i + batch_size]] for t in tensors)``, computed where the data
+    lives (no host round trip, no Python per sample). On one device with ``shuffle`` the batches
+    are exactly those of ``DataLoader(BatchedTensorDataset(*tensors), batch_size,
+    sampler=EpochSeededRandomSampler(n, seed))``.
+    """
+
+    batch_sampler = None  # Lightning inspects DataLoader-like attributes; the batching is ours
+
+    def __init__(
+        self,
+        tensors: Sequence[torch.Tensor],
+        batch_size: int,
+        shuffle: bool = False,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        drop_last: bool = False,
+    ):
+        n = len(tensors[0])
+        if any(len(t) != n for t in tensors):
+            raise ValueError("TensorBatchLoader: all tensors need the same first dimension")
+        self.tensors = tuple(tensors)
+        self.batch_size = int(batch_size)
+        self.drop_last = drop_last
+        self.sampler = _Shards(n, shuffle, seed, rank, world_size)
+
+    def __len__(self) -> int:
+        m = len(self.sampler)
+        return m // self.batch_size if self.drop_last else math.ceil(m / self.batch_size)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, ...]]:
+        idx = self.sampler.indices().to(self.tensors[0].device)
+        for i in range(len(self)):
+            j = idx[i * self.batch_size : (i + 1) * self.batch_size]
+            yield tuple(t[j] for t in self.tensors)
 
 
 class ImageClassificationDataModule(pl.LightningDataModule):
@@ -65,6 +174,10 @@ class ImageClassificationDataModule(pl.LightningDataModule):
       permutation (independent of ``seed``; the training subset skips the held-out validation
       images), for CPU-scale runs.
 
+    ``device_resident``: hold each split as one tensor on the trainer's device and serve batches
+    with :class:`TensorBatchLoader` (``"auto"``: when that device is CUDA; on one device the
+    batches equal the host path's). Under DDP each rank gets its shard of the epoch's permutation.
+
     The training order comes from :class:`EpochSeededRandomSampler` and the augmentation from a
     generator seeded with ``(seed, trainer.global_step, trainer.global_rank)``, so both are
     reproducible and identical after a resume. (With gradient accumulation the micro-batches of
@@ -81,6 +194,7 @@ class ImageClassificationDataModule(pl.LightningDataModule):
         mean, std: per-channel normalisation (default: the dataset's usual constants).
         train_subset, test_subset: keep at most this many images (None: all).
         pin_memory: DataLoader ``pin_memory``.
+        device_resident: ``"auto"``, ``True`` or ``False`` (see above).
         download: let :meth:`prepare_data` download and verify missing official files.
         verify: md5 check of the files: ``"strict"`` (mismatch is an error), ``"warn"`` (a
             logged warning) or ``"off"``. Missing or unreadable files are always an error.
@@ -113,6 +227,7 @@ class ImageClassificationDataModule(pl.LightningDataModule):
         pin_memory: bool = False,
         download: bool = False,
         verify: str = "warn",
+        device_resident: bool | str = "auto",
     ):
         super().__init__()
         self.data_dir = str(data_dir)
@@ -132,7 +247,10 @@ class ImageClassificationDataModule(pl.LightningDataModule):
         self.pin_memory = bool(pin_memory)
         self.download = bool(download)
         self.verify = verify
+        self.device_resident = device_resident
         self._check_args()
+        self._norm: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._on_device: dict[tuple[str, torch.device], tuple[torch.Tensor, ...]] = {}
         self.data_train: TensorDataset | None = None
         self.data_val: TensorDataset | None = None
         self.data_test: TensorDataset | None = None
@@ -142,6 +260,10 @@ class ImageClassificationDataModule(pl.LightningDataModule):
         name = type(self).__name__
         if self.pad_mode not in PAD_MODES:
             raise ValueError(f"{name}: pad_mode={self.pad_mode!r}; use one of {PAD_MODES}")
+        if self.device_resident not in DEVICE_RESIDENT:
+            raise ValueError(
+                f"{name}: device_resident={self.device_resident!r}; use auto, true or false"
+            )
         if self.verify not in VERIFY_MODES:
             raise ValueError(f"{name}: verify={self.verify!r}; use one of {VERIFY_MODES}")
         if len(self.mean) != self.in_channels or len(self.std) != self.in_channels:
@@ -178,9 +300,9 @@ class ImageClassificationDataModule(pl.LightningDataModule):
         if stage in (None, "fit", "validate") and self.data_train is None:
             x, y = self._tensors("train")
             train_idx, val_idx = split_indices(len(y), self.val_size, self.train_subset, self.seed)
-            self.data_train = TensorDataset(x[train_idx], y[train_idx])
+            self.data_train = BatchedTensorDataset(x[train_idx], y[train_idx])
             if self.val_size:
-                self.data_val = TensorDataset(x[val_idx], y[val_idx])
+                self.data_val = BatchedTensorDataset(x[val_idx], y[val_idx])
             else:
                 self.data_val = self._test_set()
         if stage in (None, "test", "predict"):
@@ -192,7 +314,7 @@ class ImageClassificationDataModule(pl.LightningDataModule):
             if self.test_subset is not None:
                 keep = subset_indices(len(y), self.test_subset)
                 x, y = x[keep], y[keep]
-            self.data_test = TensorDataset(x, y)
+            self.data_test = BatchedTensorDataset(x, y)
         return self.data_test
 
     def _tensors(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -203,21 +325,27 @@ class ImageClassificationDataModule(pl.LightningDataModule):
             raise TypeError(f"load_split({split!r}) gave {got}, not uint8 [N, *{want}]")
         return torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(y.astype(np.int64))
 
-    def train_dataloader(self) -> DataLoader:
+    def train_dataloader(self) -> DataLoader | TensorBatchLoader:
         if self.data_train is None:
             self.setup("fit")
+        if self._resident():
+            return self._device_loader("train", self.data_train, self.batch_size, shuffle=True)
         sampler = EpochSeededRandomSampler(len(self.data_train), self.seed)
         return self._loader(self.data_train, self.batch_size, sampler)
 
-    def val_dataloader(self) -> DataLoader:
+    def val_dataloader(self) -> DataLoader | TensorBatchLoader:
         if self.data_val is None:
             self.setup("fit")
+        if self._resident():
+            return self._device_loader("val", self.data_val, self.eval_batch_size)
         return self._loader(self.data_val, self.eval_batch_size)
 
-    def test_dataloader(self) -> DataLoader:
+    def test_dataloader(self) -> DataLoader | TensorBatchLoader:
+        if self._resident():
+            return self._device_loader("test", self._test_set(), self.eval_batch_size)
         return self._loader(self._test_set(), self.eval_batch_size)
 
-    def predict_dataloader(self) -> DataLoader:
+    def predict_dataloader(self) -> DataLoader | TensorBatchLoader:
         return self.test_dataloader()
 
     def _loader(self, data: TensorDataset, batch_size: int, sampler=None) -> DataLoader:
@@ -229,6 +357,30 @@ class ImageClassificationDataModule(pl.LightningDataModule):
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
             persistent_workers=self.num_workers > 0,
+            collate_fn=collate_batch if isinstance(data, BatchedTensorDataset) else None,
+        )
+
+    def _device(self) -> torch.device | None:
+        return None if self.trainer is None else self.trainer.strategy.root_device
+
+    def _resident(self) -> bool:
+        """Whether this run serves device-resident batches (``"auto"``: the device is CUDA)."""
+        if self.device_resident == "auto":
+            dev = self._device()
+            return dev is not None and dev.type == "cuda"
+        return bool(self.device_resident)
+
+    def _device_loader(
+        self, split: str, data: TensorDataset, batch_size: int, shuffle: bool = False
+    ) -> TensorBatchLoader:
+        dev = self._device() or torch.device("cpu")
+        key = (split, dev)
+        if key not in self._on_device:  # one host-to-device copy of the split per run
+            self._on_device[key] = tuple(t.to(dev) for t in data.tensors)
+        trainer = self.trainer
+        rank, world = (trainer.global_rank, trainer.world_size) if trainer else (0, 1)
+        return TensorBatchLoader(
+            self._on_device[key], batch_size, shuffle, self.seed, rank=rank, world_size=world
         )
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
@@ -239,7 +391,15 @@ class ImageClassificationDataModule(pl.LightningDataModule):
             g = torch.Generator(device=x.device)
             g.manual_seed(mix_seed(self.seed, trainer.global_step, trainer.global_rank))
             x = random_crop_flip(x, self.pad, self.pad_mode, self.flip, g)
-        return normalize(x, self.mean, self.std), y
+        return self._normalize(x), y
+
+    def _normalize(self, x: torch.Tensor) -> torch.Tensor:
+        """:func:`normalize` with mean/std cached per device: no host-to-device copy per batch."""
+        if x.device not in self._norm:
+            m = torch.tensor(self.mean, device=x.device).view(1, -1, 1, 1)
+            s = torch.tensor(self.std, device=x.device).view(1, -1, 1, 1)
+            self._norm[x.device] = (m, s)
+        return normalize(x, *self._norm[x.device])
 
 
 def subset_indices(n: int, k: int) -> np.ndarray:

@@ -82,10 +82,15 @@ def random_crop_flip(
     return crop_flip(x, top, left, flipped, pad, pad_mode)
 
 
-def normalize(x: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+def normalize(
+    x: torch.Tensor,
+    mean: Sequence[float] | torch.Tensor,
+    std: Sequence[float] | torch.Tensor,
+) -> torch.Tensor:
     """uint8 images -> float32 in [0, 1] -> ``(x - mean) / std`` per channel.
 
-    A floating-point ``x`` is taken to be in [0, 1] already.
+    A floating-point ``x`` is taken to be in [0, 1] already. ``mean``/``std`` may be tensors
+    already on ``x``'s device (``[C]`` or ``[1, C, 1, 1]``): then nothing is copied to the device.
     """
     x = x.float().div_(255) if x.dtype == torch.uint8 else x.float()
     m = torch.as_tensor(mean, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)

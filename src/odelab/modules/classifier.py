@@ -8,8 +8,8 @@ import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchmetrics import MeanMetric
-from torchmetrics.classification import MulticlassAccuracy
+
+from odelab.modules.metrics import SyncFreeAccuracy, SyncFreeMean
 
 
 class ImageClassifier(pl.LightningModule):
@@ -40,13 +40,11 @@ class ImageClassifier(pl.LightningModule):
         self.save_hyperparameters(logger=False, ignore=["net", "optimizer", "scheduler"])
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self.net = net
-        c = net.num_classes
         splits = ("train", "val", "test")
-        # ModuleDict keys must not shadow nn.Module attributes (``train``): suffix them
-        self.acc = nn.ModuleDict(
-            {f"{s}_": MulticlassAccuracy(num_classes=c, average="micro") for s in splits}
-        )
-        self.mean_loss = nn.ModuleDict({f"{s}_": MeanMetric() for s in splits})
+        # ModuleDict keys must not shadow nn.Module attributes (``train``): suffix them.
+        # Sync-free metrics: no device synchronisation per step (one per epoch, at compute)
+        self.acc = nn.ModuleDict({f"{s}_": SyncFreeAccuracy() for s in splits})
+        self.mean_loss = nn.ModuleDict({f"{s}_": SyncFreeMean() for s in splits})
 
     def setup(self, stage: str) -> None:
         dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
@@ -69,7 +67,8 @@ class ImageClassifier(pl.LightningModule):
         x, y = batch
         logits = self(x)
         loss = F.cross_entropy(logits, y, label_smoothing=self.hparams.label_smoothing)
-        self.mean_loss[f"{split}_"].update(loss.detach(), weight=y.numel())
+        n = loss.new_full((), y.numel())  # a device scalar: no host-to-device copy per step
+        self.mean_loss[f"{split}_"].update(loss.detach(), weight=n)
         self.acc[f"{split}_"].update(logits.detach(), y)
         return loss
 

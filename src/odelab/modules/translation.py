@@ -32,7 +32,8 @@ def label_smoothed_nll(logits, target, eps: float, ignore_index: int):
     nll = -lp.gather(-1, target.clamp_min(0)[..., None]).squeeze(-1)
     smooth = -lp.sum(-1)
     loss = (1.0 - eps) * nll + eps / lp.shape[-1] * smooth
-    return loss[mask].sum(), nll[mask].sum(), mask.sum()
+    # where(), not loss[mask]: boolean indexing would synchronise the device every step
+    return torch.where(mask, loss, 0).sum(), torch.where(mask, nll, 0).sum(), mask.sum()
 
 
 class InverseSqrtLR(torch.optim.lr_scheduler.LRScheduler):
@@ -145,8 +146,9 @@ class TranslationModule(pl.LightningModule):
         loss, nll, n = label_smoothed_nll(
             self(src, prev), tgt, self.hparams.label_smoothing, self.net.padding_idx
         )
-        s = self._sums.setdefault(split, torch.zeros(3, dtype=torch.float64))
-        s += torch.tensor([loss.item(), nll.item(), n.item()], dtype=torch.float64)
+        # (loss, nll, tokens) summed on the device: no .item() (a device sync) per step
+        s = self._sums.setdefault(split, torch.zeros(3, dtype=torch.float64, device=loss.device))
+        s += torch.stack([loss.detach().double(), nll.detach().double(), n.double()])
         return loss / n.clamp_min(1)
 
     def training_step(self, batch, batch_idx):

@@ -59,6 +59,8 @@ RUN_LOCAL_KEYS = (
     "trainer.detect_anomaly",
     "data.num_workers",
     "data.pin_memory",
+    "data.device_resident",  # where the batches are gathered, not what they hold
+    "speed",  # compile, channels_last, matmul precision: how fast (trainer.precision is compared)
     "data.persistent_workers",
     "data.download",
     "data.verify",
