@@ -101,6 +101,8 @@ def test_symnet_forward_mode_grad_batched_matches_autograd():
         assert y.shape == x.shape[:-1] and dy.shape == (*x.shape[:-1], len(idx))
         assert torch.allclose(y, net(x), atol=1e-13)
         assert torch.allclose(dy, g[..., idx], rtol=1e-12, atol=1e-12)
+        # no graph through the weights: a graph on the in-place buffers was never freed (leak)
+        assert not y.requires_grad and not dy.requires_grad
 
 
 def _linear_symnet(net: SymNet, coeffs: dict[int, float]) -> None:
