@@ -30,7 +30,8 @@ def main(argv: list[str] | None = None) -> None:
 
     overrides = yaml.safe_load((a.run_dir / ".hydra" / "overrides.yaml").read_text()) or []
     cfg = compose_config(overrides)
-    ck = torch.load(a.run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    ckpt = a.run_dir / "checkpoints" / "last.ckpt"
+    ck = torch.load(ckpt, map_location="cpu", weights_only=False)
     net = hydra.utils.instantiate(cfg.model.net)
     net.load_state_dict({k[4:]: v for k, v in ck["state_dict"].items() if k.startswith("net.")})
     if net.f is None:
