@@ -4,9 +4,12 @@ real staged run of each version, config errors, and (slow) recovery of the true 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
+
+ROOT = Path(__file__).resolve().parents[1]
 
 COVERED_EXPERIMENTS = [
     "pdenet_convdiff",
@@ -113,6 +116,22 @@ def test_v2_staged_run_reads_out_an_expression(run_experiment, tmp_path):
     assert pd["terms"]["v"]["v_yy"]["true"] == pytest.approx(0.05)
     for k in ("test/coef_rel_err_max", "test/spurious_max", "test/rollout_rel_l2_median"):
         assert k in res["metrics"]
+    # experiments/pdenet/readout.py reads the same PDE back from the checkpoint alone
+    import importlib.util
+
+    import yaml
+
+    (out / ".hydra").mkdir(exist_ok=True)
+    (out / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(args))
+    spec = importlib.util.spec_from_file_location(
+        "pdenet_readout", ROOT / "experiments" / "pdenet" / "readout.py"
+    )
+    readout = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(readout)
+    back = readout.main([str(out)])["channels"]
+    for c, terms in pd["terms"].items():
+        for name, t in terms.items():
+            assert back[c]["terms"][name]["learned"] == pytest.approx(t["learned"], abs=1e-12)
 
 
 @pytest.mark.parametrize(

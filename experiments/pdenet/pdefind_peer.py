@@ -36,16 +36,31 @@ def load_batches(experiment: str, data_dir: str | None, overrides: list[str]):
 
 
 def sindy_name(name: str, channels: list[str]) -> str:
-    """pysindy's 'u_12' / 'uv_1' style names -> ours ('u_xy', 'u*v_x'); x1 = x, x2 = y."""
-    out = []
-    for factor in name.split(" "):
-        m = re.fullmatch(r"([a-z0-9^]*)_?([12]*)", factor)
-        base, der = (m.group(1), m.group(2)) if m else (factor, "")
-        if der and base in channels:
-            out.append(f"{base}_" + "".join("x" if d == "1" else "y" for d in sorted(der)))
-        else:
-            out.append(base)
-    return "*".join(o for o in out if o and o != "1") or "1"
+    """pysindy 2.x feature name -> ours, factors joined by '*', powers written out.
+
+    PDELibrary names a product as <function term><derivative term> with no separator and the
+    function term's factors separated by spaces: 'u vu_1' = u·v·∂u/∂x1, 'u^2v_12', 'uu_2',
+    'u_22', 'u^2', '1'. Axis 1 is x (columns), axis 2 is y: 'u vu_1' -> 'u*v*u_x'.
+    """
+    chans = "|".join(map(re.escape, channels))
+    m = re.fullmatch(rf"(.*?)({chans})_([12]+)", name)
+    func, der = name, None
+    if m:
+        func = m.group(1)
+        der = f"{m.group(2)}_" + "".join("x" if d == "1" else "y" for d in sorted(m.group(3)))
+    factors = []
+    for tok in func.split():
+        if tok != "1":
+            base, _, power = tok.partition("^")
+            factors += [base] * int(power or 1)
+    if der:
+        factors.append(der)
+    return "*".join(factors) or "1"
+
+
+def canonical(factors: list[str]) -> str:
+    """Order-free key of a monomial given as its factors (powers written out)."""
+    return "*".join(sorted(factors))
 
 
 def fit(dm, batches, threshold: float, alpha: float) -> dict:
@@ -75,26 +90,28 @@ def fit(dm, batches, threshold: float, alpha: float) -> dict:
 
 
 def compare(dm, learned: dict) -> dict:
+    """Each true term's learned coefficient (0 if PDE-FIND dropped it) and the 5 largest
+    coefficients of terms that are not in the true PDE."""
     import sympy
 
     truth = dm.true_terms()
     out = {}
     for c, expr in truth.items():
-        e = sympy.expand(sympy.sympify(expr))
-        true = {
-            "*".join(str(f) for f in sympy.Mul.make_args(t.as_coeff_Mul()[1])): float(
-                t.as_coeff_Mul()[0]
-            )
-            for t in sympy.Add.make_args(e)
-        }
+        true = {}
+        for t in sympy.Add.make_args(sympy.expand(sympy.sympify(expr))):
+            coef, mono = t.as_coeff_Mul()
+            factors = []
+            for f in sympy.Mul.make_args(mono):
+                base, exp = f.as_base_exp()
+                factors += [str(base)] * int(exp)
+            true["*".join(factors)] = (canonical(factors), float(coef))
         got = {}
         for name, v in learned[c].items():
-            key = "*".join(sorted(name.split("*")))
+            key = canonical(name.split("*"))
             got[key] = got.get(key, 0.0) + v
-        terms = {}
-        for name, v in true.items():
-            key = "*".join(sorted(name.split("*")))
-            terms[name] = {"true": v, "learned": got.pop(key, 0.0)}
+        terms = {
+            name: {"true": v, "learned": got.pop(key, 0.0)} for name, (key, v) in true.items()
+        }
         spurious = sorted(got.items(), key=lambda kv: -abs(kv[1]))[:5]
         out[c] = {"terms": terms, "largest_spurious": spurious}
     return out

@@ -161,20 +161,35 @@ class SymNet(nn.Module):
 
     def forward_with_grad(self, x: torch.Tensor, idx: Sequence[int]):
         """(y, ∂y/∂x_m for m in ``idx``) by forward-mode differentiation (no autograd, so it
-        also runs under ``torch.inference_mode``)."""
-        dx = torch.zeros((*x.shape, len(idx)), dtype=x.dtype, device=x.device)
-        for q, m in enumerate(idx):
-            dx[..., m, q] = 1.0
-        for layer in self.layers:
-            a = layer(x)
-            da = torch.einsum("of,...fq->...oq", layer.weight, dx)
-            p = a[..., 0] * a[..., 1]
-            dp = a[..., 0, None] * da[..., 1, :] + a[..., 1, None] * da[..., 0, :]
-            x = torch.cat([x, p[..., None]], dim=-1)
-            dx = torch.cat([dx, dp[..., None, :]], dim=-2)
-        y = self.out(x)[..., 0]
-        dy = torch.einsum("f,...fq->...q", self.out.weight[0], dx)
-        return y, dy
+        also runs under ``torch.inference_mode``).
+
+        Features live in a preallocated feature-major buffer ``[f, N]`` (each layer is one
+        contiguous matmul and appends one row in place). The tangent of input feature m along
+        direction q is the constant e_q, so only the L product units carry tangent rows
+        ``[L, q, N]``: ∂a/∂x_q = W[:, m_q] + W[:, hidden] ∂h/∂x_q. Runs under ``no_grad``:
+        the outputs carry no graph (the in-place buffers would otherwise keep every call's
+        graph alive through a reference cycle: 40 MB per training step at batch 16).
+        """
+        with torch.no_grad():
+            return self._forward_with_grad(x, idx)
+
+    def _forward_with_grad(self, x: torch.Tensor, idx: Sequence[int]):
+        lead, n_in, L, q = x.shape[:-1], x.shape[-1], len(self.layers), len(idx)
+        N = x[..., 0].numel()
+        X = x.new_empty(n_in + L, N)
+        X[:n_in] = x.reshape(N, n_in).T
+        D = x.new_empty(L, q * N)  # ∂(product unit k)/∂x_{idx[j]}, flattened (j, point)
+        for k, layer in enumerate(self.layers):
+            f = n_in + k
+            W = layer.weight
+            a = W @ X[:f] + layer.bias[:, None]  # [2, N]
+            da = W[:, idx][:, :, None] + (W[:, n_in:f] @ D[:k]).view(2, q, N)
+            X[f] = a[0] * a[1]
+            D[k] = (a[0, None] * da[1] + a[1, None] * da[0]).view(-1)
+        w = self.out.weight[0]
+        y = w @ X + self.out.bias[0]
+        dy = w[idx][:, None] + (w[n_in:] @ D).view(q, N)
+        return y.reshape(lead), dy.T.reshape(*lead, q)
 
     def polynomial(
         self, prune: float = 1e-10, max_terms: int = 200
