@@ -160,14 +160,20 @@ def test_pdenet_rollout_bands_from_a_real_run(quick_runs, tmp_path, drawn):
 
 
 def test_pdenet_bands_from_the_kept_records(tmp_path, drawn):
-    """Kept copies ``<record>.json`` + ``<record>_bands.npz``; the Burgers record kept no bands."""
+    """Kept records in both layouts: a copy ``<record>.json`` + ``<record>_bands.npz``, or a run
+    folder ``results.json`` + ``rollout_bands.npz``; the 3-stage Burgers copy kept no bands."""
     from odelab.papers.pdenet.report import plot_rollout_bands, rollout_bands
 
     kept = KEPT / "pdenet" / "runs"
     rep = report("pdenet", kept)
     entries = rollout_bands(rep)
-    with_bands = {f.with_name(f"{f.stem}_bands.npz") for f in kept.rglob("*.json")}
+    with_bands = {
+        f.with_name("rollout_bands.npz" if f.name == "results.json" else f"{f.stem}_bands.npz")
+        for f in kept.rglob("*.json")
+    }
     with_bands = {f for f in with_bands if f.is_file()}
+    assert any(f.name == "rollout_bands.npz" for f in with_bands)  # both layouts are exercised
+    assert any(f.name.endswith("_lite_bands.npz") for f in with_bands)
     assert {e["file"] for e in entries} == with_bands
     assert {e["experiment"] for e in entries} >= {"pdenet_convdiff_lite",
                                                   "pdenet_convdiff_frozen_lite"}  # fmt: skip
