@@ -54,8 +54,13 @@ def plot_rollout_bands(report: PaperReport, out_dir: Path) -> Path | None:
         return None
     plt = pyplot()
     panels = ([None] if len(runs) > 1 else []) + runs
-    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4), squeeze=False,
+    ncols = min(4, len(panels))
+    nrows = -(-len(panels) // ncols)
+    fig, grid = plt.subplots(nrows, ncols, figsize=(5 * ncols, 4 * nrows), squeeze=False,
                              sharey=True)  # fmt: skip
+    for ax in grid.flat[len(panels) :]:  # a grid with room to spare: drop the empty cells
+        fig.delaxes(ax)
+    axes = [list(grid.flat[: len(panels)])]
     for ax, panel in zip(axes[0], panels):
         if panel is None:  # the final model of every run
             for i, r in enumerate(runs):
@@ -70,7 +75,8 @@ def plot_rollout_bands(report: PaperReport, out_dir: Path) -> Path | None:
         if ax is not axes[0][-1]:
             ax.set_title(name, fontsize=9)
             ax.legend(fontsize=7, loc="lower right")
-    axes[0][0].set_ylabel("relative L2 error: median, 25-75 % band")
+    for row in grid:
+        row[0].set_ylabel("relative L2 error: median, 25-75 % band")
     return finish(fig, axes[0][-1], name, out_dir / "results_rollout_bands.png")
 
 
