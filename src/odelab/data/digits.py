@@ -6,9 +6,8 @@ from typing import Any
 
 import numpy as np
 
-from odelab.data.base import ImageClassificationDataModule
 from odelab.data.errors import DatasetError
-from odelab.data.mnist import stratified_test_indices
+from odelab.data.mnist import StratifiedTableDataModule
 
 
 def load_digits_uint8() -> tuple[np.ndarray, np.ndarray]:
@@ -32,7 +31,7 @@ def load_digits_uint8() -> tuple[np.ndarray, np.ndarray]:
     return x, np.asarray(bunch.target, dtype=np.int64)
 
 
-class DigitsDataModule(ImageClassificationDataModule):
+class DigitsDataModule(StratifiedTableDataModule):
     """The 1,797 real 8x8 digits of ``sklearn.datasets.load_digits``; never downloads.
 
     A fixed stratified split (``test_fraction`` of each class to test, independent of ``seed``;
@@ -47,26 +46,8 @@ class DigitsDataModule(ImageClassificationDataModule):
     default_mean = (0.3053,)
     default_std = (0.3759,)
 
-    def __init__(
-        self,
-        data_dir: str = "",
-        test_fraction: float = 0.2,
-        augment: bool = False,
-        flip: bool = False,
-        pad: int = 1,
-        **kwargs: Any,
-    ):
-        super().__init__(data_dir, augment=augment, flip=flip, pad=pad, **kwargs)
-        if not 0 < test_fraction < 1:
-            raise ValueError(f"test_fraction={test_fraction} must be in (0, 1)")
-        self.test_fraction = float(test_fraction)
-        self.classes = [str(d) for d in range(10)]
-        self._table: tuple[np.ndarray, np.ndarray] | None = None
+    def __init__(self, data_dir: str = "", test_fraction: float = 0.2, pad: int = 1, **kw: Any):
+        super().__init__(data_dir, test_fraction, pad=pad, **kw)
 
-    def load_split(self, split: str) -> tuple[np.ndarray, np.ndarray]:
-        if self._table is None:
-            self._table = load_digits_uint8()
-        x, y = self._table
-        test = stratified_test_indices(y, self.test_fraction)
-        keep = test if split == "test" else np.setdiff1d(np.arange(len(y)), test)
-        return x[keep], y[keep]
+    def read_table(self) -> tuple[np.ndarray, np.ndarray]:
+        return load_digits_uint8()

