@@ -19,6 +19,18 @@ torch.set_num_threads(min(2, os.cpu_count() or 1))
 SHARED_DATA = Path(os.environ.get("ODELAB_SHARED_DATA", ROOT.parent / "shared" / "data"))
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread for a module of many tiny ops (small convolutions, step-by-step
+    decoding, float64 stencils): on a busy 2-core machine two spinning OpenMP threads make them
+    up to ~100x slower. Restored for the other modules. Use with
+    ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(autouse=True)
 def _isolate(tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "offline")

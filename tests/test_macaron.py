@@ -10,15 +10,7 @@ from odelab.nn.decoding import beam_search, greedy_decode
 from odelab.nn.transformer import Seq2SeqTransformer, TransformerLayer, standard_steps
 from odelab.papers.macaron.model import MacaronTransformer, macaron_steps
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: on a loaded 2-core machine, two spinning OpenMP threads make the
-    many small matmuls of step-by-step decoding ~100x slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # many tiny ops: see conftest
 
 
 # (d_model, heads, layers, baseline ffn) of the spec's architectures (Sec. 3.1)

@@ -18,13 +18,7 @@ from odelab.data.pde import (
 )
 from odelab.data.pde_data import PDETrajectoryDataModule, generate
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # many tiny ops: see conftest
 
 
 def _const(coefs):

@@ -29,13 +29,7 @@ COVERED_EXPERIMENTS = [
 ]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny float64 PDE ops run far faster on one thread (no sync cost on a shared machine)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # many tiny ops: see conftest
 
 
 def tiny(tmp_path, experiment: str) -> list[str]:

@@ -25,12 +25,7 @@ def test_moment_kernel_round_trip(n):
     assert (m2k(k2m(m)) - m).abs().max() < 1e-11  # A is Vandermonde-like: cond ~ 1e3
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # many tiny ops: see conftest
 
 
 def test_moment_definition_on_a_kernel():

@@ -18,13 +18,7 @@ from odelab.papers.pdenet.models import (
     rollout,
 )
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # many tiny ops: see conftest
 
 
 def test_lagrange_field_reproduces_quadratics_and_interp1d_quartics():

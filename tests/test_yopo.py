@@ -38,14 +38,7 @@ COVERED_EXPERIMENTS = [
 MNIST_RAW = SHARED_DATA / "mnist" / "raw"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Many tiny backward passes: one intra-op thread is ~20x faster than two on a busy
-    2-core machine (measured); restored for the other test modules."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # many tiny ops: see conftest
 
 
 # ------------------------------------------------------------------ networks
