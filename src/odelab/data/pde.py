@@ -256,32 +256,70 @@ class UpwindConvectionDiffusion2d:
         self.h = TWO_PI / n
 
     def rhs(self, u: torch.Tensor) -> torch.Tensor:
+        """The semi-discrete right-hand side, from one circularly padded copy of ``u``.
+
+        Same stencils as :func:`laplacian_periodic` and :func:`upwind2` (a test holds them
+        equal to round-off), written for speed: every shift is a view of the padded copy, the
+        upwind choice is ``max(w, 0)·back + min(w, 0)·fwd`` (no ``where``), and the updates
+        are in place; about half the memory traffic of the composed form.
+        """
         h = self.h
-        out = self.nu * laplacian_periodic(u, h)
+        n0, n1 = u.shape[-2], u.shape[-1]
+        flat = u.reshape(-1, 1, n0, n1)
+        pad = torch.nn.functional.pad(flat, (2, 2, 2, 2), mode="circular")
+        pad = pad.reshape(*u.shape[:-2], n0 + 4, n1 + 4)
+
+        def shifted(dy: int, dx: int) -> torch.Tensor:  # u[i + dy, j + dx]
+            return pad[..., 2 + dy : 2 + dy + n0, 2 + dx : 2 + dx + n1]
+
+        out = shifted(1, 0) + shifted(-1, 0)
+        out.add_(shifted(0, 1)).add_(shifted(0, -1)).add_(u, alpha=-4.0).mul_(self.nu / h**2)
         if self.kind in ("burgers", "cdr"):
-            wx, wy = u[..., 0:1, :, :], u[..., 1:2, :, :]
+            velocity = (u[..., 0:1, :, :], u[..., 1:2, :, :])
         elif self.kind == "advection":
-            wx = torch.full_like(u, self.velocity[0])
-            wy = torch.full_like(u, self.velocity[1])
+            velocity = tuple(torch.full_like(u[..., :1, :, :], w) for w in self.velocity)
         else:
-            wx = wy = None
-        if wx is not None:
-            wx, wy = wx.expand_as(u), wy.expand_as(u)
-            out = out - wx * upwind2(u, wx, h, -1) - wy * upwind2(u, wy, h, -2)
+            velocity = ()
+        for w, (dy, dx) in zip(velocity, ((0, 1), (1, 0))):
+            # back = 3u_i − 4u_{i−1} + u_{i−2}; fwd = −(3u_i − 4u_{i+1} + u_{i+2})
+            back = torch.add(shifted(-2 * dy, -2 * dx), u, alpha=3.0)
+            back.add_(shifted(-dy, -dx), alpha=-4.0)
+            fwd = torch.add(shifted(2 * dy, 2 * dx), u, alpha=3.0)
+            fwd.add_(shifted(dy, dx), alpha=-4.0)
+            out.addcmul_(w.clamp(min=0), back, value=-0.5 / h)
+            out.addcmul_(w.clamp(max=0), fwd, value=0.5 / h)
+        if self.kind == "cdr":
+            uu, vv = u[..., 0:1, :, :], u[..., 1:2, :, :]
+            a = uu * uu
+            a.addcmul_(vv, vv)
+            one_minus_a = 1 - a
+            ou, ov = out[..., 0:1, :, :], out[..., 1:2, :, :]
+            ou.addcmul_(one_minus_a, uu).addcmul_(a, vv, value=self.beta)
+            ov.addcmul_(a, uu, value=-self.beta).addcmul_(one_minus_a, vv)
+        return out
+
+    def rhs_reference(self, u: torch.Tensor) -> torch.Tensor:
+        """:meth:`rhs` composed from :func:`laplacian_periodic` and :func:`upwind2` (for tests)."""
+        out = self.nu * laplacian_periodic(u, self.h)
+        if self.kind in ("burgers", "cdr"):
+            wx, wy = u[..., 0:1, :, :].expand_as(u), u[..., 1:2, :, :].expand_as(u)
+        elif self.kind == "advection":
+            wx, wy = (torch.full_like(u, w) for w in self.velocity)
+        else:
+            return out
+        out = out - wx * upwind2(u, wx, self.h, -1) - wy * upwind2(u, wy, self.h, -2)
         if self.kind == "cdr":
             a = (u**2).sum(dim=-3, keepdim=True)
             uu, vv = u[..., 0:1, :, :], u[..., 1:2, :, :]
-            react = torch.cat(
-                [(1 - a) * uu + self.beta * a * vv, -self.beta * a * uu + (1 - a) * vv], dim=-3
-            )
-            out = out + react
+            react = [(1 - a) * uu + self.beta * a * vv, -self.beta * a * uu + (1 - a) * vv]
+            out = out + torch.cat(react, dim=-3)
         return out
 
     def step(self, u: torch.Tensor, dt: float) -> torch.Tensor:
         """Heun's RK2: u* = u + dt f(u); u⁺ = u + dt/2 (f(u) + f(u*))."""
         k1 = self.rhs(u)
-        k2 = self.rhs(u + dt * k1)
-        return u + 0.5 * dt * (k1 + k2)
+        k2 = self.rhs(torch.add(u, k1, alpha=dt))
+        return torch.add(u, k1.add_(k2), alpha=0.5 * dt)
 
     def advance(self, u: torch.Tensor, T: float) -> torch.Tensor:
         n_sub = max(1, math.ceil(T / self.max_dt - 1e-9))
