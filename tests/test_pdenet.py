@@ -56,6 +56,17 @@ def results(out) -> dict:
     return json.loads((out / "results.json").read_text())
 
 
+def _script(name: str):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        f"pdenet_{name}", ROOT / "experiments" / "pdenet" / f"{name}.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 @pytest.mark.parametrize("experiment", COVERED_EXPERIMENTS)
 def test_experiment_fast_dev_run(experiment, run_experiment, tmp_path):
     _, out = run_experiment([*tiny(tmp_path, experiment), "debug=fdr"])
@@ -111,21 +122,66 @@ def test_v2_staged_run_reads_out_an_expression(run_experiment, tmp_path):
     for k in ("test/coef_rel_err_max", "test/spurious_max", "test/rollout_rel_l2_median"):
         assert k in res["metrics"]
     # experiments/pdenet/readout.py reads the same PDE back from the checkpoint alone
-    import importlib.util
-
     import yaml
 
     (out / ".hydra").mkdir(exist_ok=True)
     (out / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(args))
-    spec = importlib.util.spec_from_file_location(
-        "pdenet_readout", ROOT / "experiments" / "pdenet" / "readout.py"
-    )
-    readout = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(readout)
-    back = readout.main([str(out)])["channels"]
+    back = _script("readout").main([str(out)])["channels"]
     for c, terms in pd["terms"].items():
         for name, t in terms.items():
             assert back[c]["terms"][name]["learned"] == pytest.approx(t["learned"], abs=1e-12)
+
+
+def test_nonlinear_f_script_reads_the_learned_source(run_experiment, tmp_path):
+    """experiments/pdenet/nonlinear_f.py: f(u) from the checkpoint and the data's u-ranges."""
+    import yaml
+
+    from odelab.data import PDETrajectoryDataModule
+    from odelab.papers.pdenet import PDENetV1Block
+
+    args = [
+        *tiny(tmp_path, "pdenet_nonlinear_lite"),
+        "data.n_steps=2",
+        "model.blocks=[0,2]",
+        "model.max_iter=4",
+        "trainer.max_epochs=2",
+    ]
+    cfg, out = run_experiment(args)
+    (out / ".hydra").mkdir(exist_ok=True)
+    (out / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(args))
+    got = _script("nonlinear_f").main([str(out), "--lo", "-2", "--hi", "2", "--n", "9"])
+
+    # the f the run trained (moved away from its zero start), rebuilt here from the state dict
+    net_cfg = {k: v for k, v in results(out)["config"]["model"]["net"].items() if k[0] != "_"}
+    net = PDENetV1Block(**net_cfg)
+    state = torch.load(out / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
+    net.load_state_dict({k[4:]: v for k, v in state.items() if k.startswith("net.")})
+    u = torch.linspace(-2, 2, 9, dtype=torch.float64)
+    with torch.no_grad():
+        want = net.f(u)
+    assert got["u"] == pytest.approx(u.tolist(), abs=1e-15)
+    assert got["f"] == pytest.approx(want.tolist(), abs=1e-12)
+    assert max(abs(v) for v in got["f"]) > 0
+    assert got["true"] == pytest.approx((15 * torch.sin(u)).tolist(), abs=1e-12)
+
+    # ranges: every training stage's batch, the test set's first frames, the whole test set
+    dm_cfg = {k: v for k, v in results(out)["config"]["data"].items() if k[0] != "_"}
+    dm = PDETrajectoryDataModule(**dm_cfg)
+    train = torch.cat([dm.stage_batch(s).flatten() for s in range(2)])
+    assert got["train"] == pytest.approx((train.min().item(), train.max().item()))
+    dm.setup("test")
+    test = torch.cat([b[0] for b in dm.test_dataloader()])
+    assert got["test_u0"] == pytest.approx((test[:, 0].min().item(), test[:, 0].max().item()))
+    assert got["test"][0] <= got["test_u0"][0] and got["test"][1] >= got["test_u0"][1]
+
+    # a run without a learned f is refused by name
+    args2 = [*tiny(tmp_path, "pdenet_convdiff_lite"), "data.n_steps=1", "model.blocks=[0]"]
+    args2 += ["trainer.max_epochs=1"]
+    _, out2 = run_experiment(args2)
+    (out2 / ".hydra").mkdir(exist_ok=True)
+    (out2 / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(args2))
+    with pytest.raises(ValueError, match="not a pdenet_nonlinear run"):
+        _script("nonlinear_f").main([str(out2)])
 
 
 @pytest.mark.parametrize(

@@ -16,7 +16,7 @@ import torch
 import yaml
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("run_dir", type=Path)
     p.add_argument("--lo", type=float, default=-4.0)
@@ -46,9 +46,15 @@ def main(argv: list[str] | None = None) -> None:
     train = torch.cat([dm.stage_batch(st).flatten() for st in range(int(cfg.trainer.max_epochs))])
     dm.setup("test")
     test = torch.cat([b[0] for b in dm.test_dataloader()])
-    print(f"training data u-range: [{train.min():.3f}, {train.max():.3f}]")
-    print(f"test u0 range: [{test[:, 0].min():.3f}, {test[:, 0].max():.3f}]")
-    print(f"test trajectories u-range (to the horizon): [{test.min():.3f}, {test.max():.3f}]")
+    ranges = {
+        "train": (train.min().item(), train.max().item()),
+        "test_u0": (test[:, 0].min().item(), test[:, 0].max().item()),
+        "test": (test.min().item(), test.max().item()),
+    }
+    print("training data u-range: [{:.3f}, {:.3f}]".format(*ranges["train"]))
+    print("test u0 range: [{:.3f}, {:.3f}]".format(*ranges["test_u0"]))
+    print("test trajectories u-range (to the horizon): [{:.3f}, {:.3f}]".format(*ranges["test"]))
+    return {"u": s.tolist(), "f": f.tolist(), "true": (15 * torch.sin(s)).tolist(), **ranges}
 
 
 if __name__ == "__main__":
