@@ -24,6 +24,8 @@ def test_reference_schema(path):
             assert isinstance(ref["value"], int | float), f"{name} {metric}: value"
             assert ref["flag"] in FLAGS, f"{name} {metric}: flag {ref['flag']}"
             assert ref["source"] and ref["table"], f"{name} {metric}: source and table"
+        show = setting.get("show") or []
+        assert isinstance(show, list) and all("/" in k for k in show), f"{name}: show keys"
 
 
 def _paper_of(stem: str) -> str | None:

@@ -112,6 +112,28 @@ def test_local_runs_aggregate_join_and_apart(runs_dir):
     assert "impossible config" in next(u.run.error for u in rep.unusable if u.run.seed == 4)
 
 
+def test_show_keys_are_reported_without_a_paper_number(runs_dir):
+    """A setting's ``show`` list adds rows for metrics the paper does not print (paper "-")."""
+    from odelab.report import build, local_runs
+
+    ref = {
+        "paper": "lm_resnet",
+        "settings": {
+            "lm_resnet_mnist": {
+                "metrics": {"test/error": {"value": 2.0, "unit": "%", **R}},
+                "show": ["test/error", "test/loss"],
+            }
+        },
+    }
+    runs = local_runs(runs_dir)
+    rep = build("lm_resnet", runs, reference=ref, recipe=lambda e: tiny_recipe())
+    err, loss = rep.rows  # test/error once (a metrics key listed again under show)
+    assert (err.metric, loss.metric) == ("test/error", "test/loss")
+    assert err.paper == 2.0 and loss.paper is None and loss.delta is None
+    want = [_results(runs_dir / f"seed{s}")["metrics"]["test/loss"] for s in (0, 1)]
+    assert loss.stat.mean == pytest.approx(statistics.mean(want))
+
+
 def test_reruns_of_a_seed_keep_the_newest(runs_dir):
     from odelab.report import build, local_runs
 

@@ -268,9 +268,11 @@ def describe_hardware(hw: Any) -> str:
 
 
 def _metrics_of(setting: dict, runs: list[Run]) -> list[str | None]:
-    """The reference's metric keys; without any, the test counterpart of the runs' monitor
-    (``val/acc`` -> ``test/acc``) if they logged it."""
+    """The reference's metric keys, then its ``show`` keys (metrics reported without a paper
+    number, e.g. errors against a known true PDE); without any, the test counterpart of the
+    runs' monitor (``val/acc`` -> ``test/acc``) if they logged it."""
     keys = list((setting or {}).get("metrics") or {})
+    keys += [k for k in (setting or {}).get("show") or [] if k not in keys]
     if keys:
         return keys
     for r in runs:
