@@ -184,6 +184,46 @@ def test_nonlinear_f_script_reads_the_learned_source(run_experiment, tmp_path):
         _script("nonlinear_f").main([str(out2)])
 
 
+def test_a_diverging_stage_keeps_its_best_finite_iterate(run_experiment, tmp_path, monkeypatch):
+    """torch's LBFGS can step into NaN and keep it (seen in a 18-block Burgers stage); the stage
+    must end at the lowest finite loss it evaluated, not at NaN."""
+    import csv
+    import math
+
+    from odelab.papers.pdenet.module import PDENet2Module
+
+    calls = {"n": 0}
+    real = PDENet2Module.loss
+
+    def poisoned(self, u, stage):
+        loss = real(self, u, stage)
+        if stage == 1 and torch.is_grad_enabled():
+            calls["n"] += 1
+            if calls["n"] > 3:  # from the 4th evaluation on, an unbounded descent direction:
+                # L-BFGS walks the parameters to where the true loss overflows (inf / NaN)
+                return loss - 1e150 * sum(p.sum() for p in self.net.parameters())
+        return loss
+
+    monkeypatch.setattr(PDENet2Module, "loss", poisoned)
+    args = [
+        *tiny(tmp_path, "pdenet2_burgers_lite"),
+        "data.n_steps=2",
+        "model.blocks=[0,2]",
+        "model.net.hidden_layers=2",
+        "model.max_iter=6",
+        "trainer.max_epochs=2",
+    ]
+    _, out = run_experiment(args)
+    assert calls["n"] > 3  # the poison was reached
+    state = torch.load(out / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
+    assert all(torch.isfinite(v).all() for v in state.values())
+    rows = list(csv.DictReader((out / "csv" / "metrics.csv").open()))
+    restored = [float(r["train/stage_restored"]) for r in rows if r.get("train/stage_restored")]
+    losses = [float(r["train/loss"]) for r in rows if r.get("train/loss")]
+    assert restored == [0.0, 1.0] and all(math.isfinite(v) for v in losses)
+    assert math.isfinite(results(out)["metrics"]["test/rollout_rel_l2_median"])
+
+
 @pytest.mark.parametrize(
     ("override", "match"),
     [

@@ -133,15 +133,39 @@ class StagedPDELearner(pl.LightningModule):
         s = self.stage()
         opt = self.optimizers()
 
+        params = [p for p in self.net.parameters() if p.requires_grad]
+        best: dict[str, Any] = {"loss": float("inf"), "params": None}
+
         def closure():
             opt.zero_grad()
             loss = self.loss(u, s)
+            value = float(loss.detach())  # the CPU float64 loss; L-BFGS syncs on it anyway
+            if value < best["loss"]:  # False for NaN
+                best["loss"] = value
+                best["params"] = [p.detach().clone() for p in params]
             self.manual_backward(loss)
             return loss
 
         opt.step(closure=closure)
         with torch.no_grad():
             final = self.loss(u, s)
+            diverged = not torch.isfinite(final) or any(
+                not torch.isfinite(p).all() for p in params
+            )
+            if diverged and best["params"] is not None:
+                # scipy's L-BFGS-B (the official code) stops on a failed line search with its
+                # last good point; torch's LBFGS can step into NaN/inf and keep it. Restore the
+                # lowest finite loss this stage evaluated (at worst the stage's starting point).
+                for p, b in zip(params, best["params"], strict=True):
+                    p.copy_(b)
+                final = self.loss(u, s)
+                log.warning(
+                    "stage %d: L-BFGS ended at a non-finite loss or parameters; restored the "
+                    "best finite iterate of the stage (loss %.6g)",
+                    s,
+                    best["loss"],
+                )
+        self.log("train/stage_restored", float(diverged))
         # this stage's parameters (kept here, before any end-of-epoch checkpoint is written)
         self.stage_states[s] = copy.deepcopy(self.net.state_dict())
         state = getattr(opt, "optimizer", opt).state
