@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
 import signal
 from pathlib import Path
@@ -38,7 +39,8 @@ def results(out: Path) -> dict:
 def wandb_ids(out: Path) -> list[str]:
     """The run id of every W&B (offline) run started in ``out``, oldest first."""
     runs = sorted((out / "wandb").glob("offline-run-*"))
-    return [r.name.rsplit("-", 1)[1] for r in runs]
+    # offline-run-<YYYYMMDD_HHMMSS>-<id>, plus "-1", "-2" when two runs start in the same second
+    return [re.match(r"offline-run-\d{8}_\d{6}-([^-]+)", r.name).group(1) for r in runs]
 
 
 def test_restart_in_the_same_dir_resumes_with_the_same_metrics_and_wandb_run(
