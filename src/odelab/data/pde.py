@@ -298,23 +298,6 @@ class UpwindConvectionDiffusion2d:
             ov.addcmul_(a, uu, value=-self.beta).addcmul_(one_minus_a, vv)
         return out
 
-    def rhs_reference(self, u: torch.Tensor) -> torch.Tensor:
-        """:meth:`rhs` composed from :func:`laplacian_periodic` and :func:`upwind2` (for tests)."""
-        out = self.nu * laplacian_periodic(u, self.h)
-        if self.kind in ("burgers", "cdr"):
-            wx, wy = u[..., 0:1, :, :].expand_as(u), u[..., 1:2, :, :].expand_as(u)
-        elif self.kind == "advection":
-            wx, wy = (torch.full_like(u, w) for w in self.velocity)
-        else:
-            return out
-        out = out - wx * upwind2(u, wx, self.h, -1) - wy * upwind2(u, wy, self.h, -2)
-        if self.kind == "cdr":
-            a = (u**2).sum(dim=-3, keepdim=True)
-            uu, vv = u[..., 0:1, :, :], u[..., 1:2, :, :]
-            react = [(1 - a) * uu + self.beta * a * vv, -self.beta * a * uu + (1 - a) * vv]
-            out = out + torch.cat(react, dim=-3)
-        return out
-
     def step(self, u: torch.Tensor, dt: float) -> torch.Tensor:
         """Heun's RK2: u* = u + dt f(u); u⁺ = u + dt/2 (f(u) + f(u*))."""
         k1 = self.rhs(u)

@@ -60,8 +60,8 @@ def plot_rollout_bands(report: PaperReport, out_dir: Path) -> Path | None:
                              sharey=True)  # fmt: skip
     for ax in grid.flat[len(panels) :]:  # a grid with room to spare: drop the empty cells
         fig.delaxes(ax)
-    axes = [list(grid.flat[: len(panels)])]
-    for ax, panel in zip(axes[0], panels):
+    axes = list(grid.flat[: len(panels)])
+    for ax, panel in zip(axes, panels):
         if panel is None:  # the final model of every run
             for i, r in enumerate(runs):
                 _band(ax, r["t"], r["bands"]["final"], f"{r['label']} s{r['seed']}", f"C{i}")
@@ -72,12 +72,12 @@ def plot_rollout_bands(report: PaperReport, out_dir: Path) -> Path | None:
             name = f"{panel['label']} (seed {panel['seed']})"
         ax.set_xlabel("t")
         ax.grid(alpha=0.3, which="both")
-        if ax is not axes[0][-1]:
+        if ax is not axes[-1]:
             ax.set_title(name, fontsize=9)
             ax.legend(fontsize=7, loc="lower right")
     for row in grid:
         row[0].set_ylabel("relative L2 error: median, 25-75 % band")
-    return finish(fig, axes[0][-1], name, out_dir / "results_rollout_bands.png")
+    return finish(fig, axes[-1], name, out_dir / "results_rollout_bands.png")
 
 
 def plots(report: PaperReport, out_dir: Path) -> list[Path]:
