@@ -152,10 +152,37 @@ def test_shared_mnist_matches_official_files():
     assert torch.bincount(y).tolist() == counts
 
 
-def test_shared_cifar10_subset(caplog):
+def test_shared_cifar10_full_training_set(caplog):
+    """The shared copy holds all 50,000 training images (five batches, real pixels, but not the
+    official batch membership): the default train_files reads them all, warns that each md5
+    differs from the official one, and the classes are balanced at 5,000 each."""
     root = shared(CIFAR_DIR).parents[1]
+    dm = CIFAR10DataModule(str(root))
+    assert dm.train_files == [f"data_batch_{i}" for i in range(1, 6)]
+    with caplog.at_level(logging.WARNING, logger="odelab.data"):
+        fit_and_test(dm)
+    for name in ("data_batch_1", "data_batch_5", "test_batch"):
+        assert f"differs from the official {CIFAR10.files[name]}" in caplog.text, name
+    x, y = dm.data_train.tensors
+    assert x.shape == (50_000, 3, 32, 32) and torch.bincount(y).tolist() == [5000] * 10
+    assert len(torch.unique(x.reshape(50_000, -1)[:2000], dim=0)) == 2000  # no repeated batch
+    xt, yt = dm.data_test.tensors
+    assert xt.shape == (10_000, 3, 32, 32) and torch.bincount(yt).tolist() == [1000] * 10
+    # a subset of the batches still reads what it names, and nothing else
+    two = fit_and_test(CIFAR10DataModule(str(root), train_files=["data_batch_1", "data_batch_2"]))
+    assert len(two.data_train) == 20_000
+    assert torch.equal(two.data_train.tensors[0], x[:20_000])
+
+
+# ---- missing, corrupt and mismatching files -------------------------------------------------
+
+
+def test_partial_cifar10_copy_names_the_batches_to_train_on(tmp_path):
+    """A copy with only some training batches: the error names the missing ones with their
+    official md5s and gives the override that trains on what is there."""
+    write_cifar10(tmp_path, n_per_batch=10, batches=(1, 2))
     with pytest.raises(DatasetError) as err:
-        CIFAR10DataModule(str(root)).setup("fit")
+        CIFAR10DataModule(str(tmp_path), verify="off").setup("fit")
     msg = str(err.value)
     for needle in (
         "data_batch_3",
@@ -164,17 +191,7 @@ def test_shared_cifar10_subset(caplog):
         "data.train_files=[data_batch_1,data_batch_2]",
         "data.download=true",
     ):
-        assert needle in msg
-    dm = CIFAR10DataModule(str(root), train_files=["data_batch_1", "data_batch_2"])
-    with caplog.at_level(logging.WARNING, logger="odelab.data"):
-        fit_and_test(dm)
-    assert "differs from the official 40351d587109b95175f43aff81a1287e" in caplog.text
-    assert len(dm.data_train) == 20_000
-    x, y = dm.data_test.tensors
-    assert x.shape == (10_000, 3, 32, 32) and torch.bincount(y).tolist() == [1000] * 10
-
-
-# ---- missing, corrupt and mismatching files -------------------------------------------------
+        assert needle in msg, needle
 
 
 def assert_helpful(err: DatasetError, path: Path, md5: str) -> None:

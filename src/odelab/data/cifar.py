@@ -92,10 +92,9 @@ class CIFAR10DataModule(_CIFARDataModule):
     """CIFAR-10 from ``<data_dir>/cifar10/cifar-10-batches-py/``.
 
     Args:
-        train_files: the training batches to read (default: all five ``data_batch_*``). The
-            local copy in ``shared/data`` has only ``data_batch_1`` and ``data_batch_2`` (20,000
-            real training images, not the official batches); use them with
-            ``data.train_files=[data_batch_1,data_batch_2]``.
+        train_files: the training batches to read (default: all five ``data_batch_*``, 50,000
+            images). A subset trains on fewer images, e.g.
+            ``data.train_files=[data_batch_1,data_batch_2]`` (20,000).
         **kwargs: see :class:`~odelab.data.base.ImageClassificationDataModule`.
     """
 
