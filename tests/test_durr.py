@@ -162,6 +162,25 @@ def test_datamodule_on_tiny_files(tiny_restoration):
     assert item["group"] == "LIVE1_q10" and item["x"].shape == (1, 48, 48)  # RGB -> one channel
 
 
+def test_test_noise_does_not_depend_on_the_other_sets_or_levels_listed(tiny_restoration):
+    """Set12's noisy images are the same whether BSD68 is listed before it or not, and whatever
+    other levels are tested; another eval seed draws other noise."""
+    from odelab.data import RestorationDataModule
+
+    def cells(sets, levels, eval_seed=0):
+        dm = RestorationDataModule(
+            str(tiny_restoration), test_sets=sets, test_levels=levels, test_subset=1,
+            eval_seed=eval_seed, verify="off",
+        )  # fmt: skip
+        dm.setup("test")
+        return {it["group"]: it["y"] for it in (dm.data_test[i] for i in range(len(dm.data_test)))}
+
+    both, alone = cells(["BSD68", "Set12"], [15, 50]), cells(["Set12"], [50])
+    assert torch.equal(both["Set12_s50"], alone["Set12_s50"])
+    assert not torch.equal(cells(["Set12"], [50], eval_seed=1)["Set12_s50"], alone["Set12_s50"])
+    assert not torch.equal(both["BSD68_s50"] - both["Set12_s50"], torch.zeros(1, 48, 48))
+
+
 def test_bad_config_and_missing_or_corrupt_files(tmp_path, tiny_restoration):
     from odelab.data import DatasetError, RestorationDataModule
     from odelab.data.restoration import load_grey_images
@@ -348,6 +367,27 @@ def test_experiment_fast_dev_run(experiment, run_experiment, tiny_restoration):
         assert all(
             len(c["fixed_curve"]) == res["config"]["model"]["step_cap"] + 1 for c in cells.values()
         )
+
+
+def test_long_evaluations_log_their_progress_per_cell(run_experiment, tiny_restoration, caplog):
+    """A test pass logs images done per (set, level) cell as it goes and once at the end."""
+    import logging
+
+    from odelab.modules.restoration import RestorationModule
+
+    with (
+        pytest.MonkeyPatch.context() as mp,
+        caplog.at_level(logging.INFO, logger="odelab.modules.restoration"),
+    ):
+        mp.setattr(RestorationModule, "progress_every_s", 0.0)
+        run_experiment(
+            ["experiment=bm3d_denoise", f"paths.data_dir={tiny_restoration}",
+             *[o for o in TINY_DATA if o != "debug=fdr"], "data.test_levels=[25,50]"]
+        )  # fmt: skip
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("test: ")]
+    assert lines[0].startswith("test: 1/4 images done") and "BSD68_s25 1/1" in lines[0]
+    assert "Set12_s50 0/1" in lines[0]
+    assert lines[-1].startswith("test: 4/4 images done") and "Set12_s50 1/1" in lines[-1]
 
 
 def test_policy_stage_learned_stopping_and_plot(run_experiment, tiny_restoration):

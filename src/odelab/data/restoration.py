@@ -16,14 +16,16 @@ the eight flips/rotations and its own level drawn uniformly from ``train_levels`
 0-255 scale, or the integer quality factor), all drawn from a generator seeded by
 ``(seed, index)`` so that an epoch is reproducible and a resumed run sees the same patches.
 Evaluation items are dicts ``{"y", "x", "level", "group"}``: every image of every test set at every
-level in ``test_levels``, with the noise seeded per (image, level); ``group`` names the
-(set, level) cell, e.g. ``"BSD68_s25"`` or ``"LIVE1_q10"``.
+level in ``test_levels``, with the noise seeded by (eval seed, set name, image index in its set,
+level) alone, so an image's noise does not depend on which other sets or levels a run lists;
+``group`` names the (set, level) cell, e.g. ``"BSD68_s25"`` or ``"LIVE1_q10"``.
 """
 
 from __future__ import annotations
 
 import io
 import logging
+import zlib
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -183,8 +185,15 @@ class EpochIndexSampler(Sampler[int]):
         return iter(range(self.epoch * self.num_samples, (self.epoch + 1) * self.num_samples))
 
 
+def eval_noise_seed(seed: int, set_name: str, index: int, level: float) -> int:
+    """The seed of one evaluation degradation: a function of the set's name (CRC-32), the image's
+    index in its sorted set and the level only, never of the other sets or levels listed."""
+    return mix_seed(seed, zlib.crc32(set_name.encode()), index, round(level * 100))
+
+
 class EvalDataset(Dataset):
-    """Every image of every set at every level, degraded once with a per-(image, level) seed."""
+    """Every image of every set at every level, degraded once with a per-(set, image, level)
+    seed (:func:`eval_noise_seed`)."""
 
     def __init__(
         self,
@@ -196,9 +205,10 @@ class EvalDataset(Dataset):
     ):
         self.task, self.seed = task, seed
         self.images: list[torch.Tensor] = []
-        self.items: list[tuple[int, int, float, str]] = []  # (set, image, level, group)
-        for s_idx, (name, images) in enumerate(sets.items()):
-            for im in images:
+        # (set name, index in the set, index in self.images, level, group)
+        self.items: list[tuple[str, int, int, float, str]] = []
+        for name, images in sets.items():
+            for j, im in enumerate(images):
                 if crop is not None:
                     h, w = im.shape[-2:]
                     c = min(crop, h, w)
@@ -206,15 +216,15 @@ class EvalDataset(Dataset):
                 self.images.append(im.contiguous())
                 for level in levels:
                     group = f"{name}_{level_tag(task, level)}"
-                    self.items.append((s_idx, len(self.images) - 1, float(level), group))
+                    self.items.append((name, j, len(self.images) - 1, float(level), group))
 
     def __len__(self) -> int:
         return len(self.items)
 
     def __getitem__(self, i: int) -> dict[str, Any]:
-        s_idx, k, level, group = self.items[i]
+        name, j, k, level, group = self.items[i]
         im = self.images[k]
-        g = torch.Generator().manual_seed(mix_seed(self.seed, s_idx, k, int(level * 100)))
+        g = torch.Generator().manual_seed(eval_noise_seed(self.seed, name, j, level))
         y = degrade(im, self.task, level, g)
         return {"y": y, "x": im.float() / 255.0, "level": torch.tensor(level), "group": group}
 

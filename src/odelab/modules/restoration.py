@@ -15,7 +15,8 @@ under ``<run dir>/images/`` and logged to W&B when a W&B logger is attached.
 from __future__ import annotations
 
 import logging
-from collections import defaultdict
+import time
+from collections import Counter, defaultdict
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -112,12 +113,14 @@ class RestorationModule(pl.LightningModule):
     """
 
     grid_key = "images/test"
+    progress_every_s = 60.0  # a test-progress line at most this often (and one at the end)
 
     def __init__(self):
         super().__init__()
         self.stats = {"val": CellStats(), "test": CellStats()}
         self._grid_done: set[str] = set()
         self.summary: dict[str, Any] = {}
+        self._progress_t0 = self._progress_last = 0.0
 
     def restore(self, y: torch.Tensor, level: torch.Tensor) -> tuple[torch.Tensor, dict]:
         raise NotImplementedError
@@ -129,6 +132,28 @@ class RestorationModule(pl.LightningModule):
         self.stats[split].add(groups, psnr=psnr(x_hat, x), ssim=ssim(x_hat, x), **extras)
         if split == "test":
             self._save_grids(groups, y, x_hat, x)
+            self._log_progress()
+
+    def _log_progress(self, final: bool = False) -> None:
+        """Every ``progress_every_s``: images done of the test set, per cell, and the time left
+        at the rate so far (long evaluations such as BM3D's would otherwise be silent)."""
+        now = time.monotonic()
+        if not final and now - self._progress_last < self.progress_every_s:
+            return
+        self._progress_last = now
+        dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        items = getattr(getattr(dm, "data_test", None), "items", None) or []
+        totals = Counter(item[-1] for item in items)
+        values = self.stats["test"].values
+        done = {g: len(values[g]["psnr"]) if g in values else 0 for g in totals or values}
+        n_done, n_all = sum(done.values()), sum(totals.values()) or sum(done.values())
+        elapsed = now - self._progress_t0
+        left = elapsed * (n_all - n_done) / n_done if n_done else float("nan")
+        cells = ", ".join(f"{g} {d}/{totals.get(g, '?')}" for g, d in done.items())
+        log.info(
+            "test: %d/%d images done in %.0f s (about %.0f s left): %s",
+            n_done, n_all, elapsed, left, cells,
+        )  # fmt: skip
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         self._eval_step(batch, "val")
@@ -152,6 +177,7 @@ class RestorationModule(pl.LightningModule):
 
     def on_test_epoch_start(self) -> None:
         self._grid_done.clear()
+        self._progress_t0 = self._progress_last = time.monotonic()
 
     def _log_cells(self, split: str) -> dict[str, dict[str, float]]:
         stats = self.stats[split]
@@ -172,6 +198,7 @@ class RestorationModule(pl.LightningModule):
         self.stats["val"].reset()
 
     def on_test_epoch_end(self) -> None:
+        self._log_progress(final=True)
         self.summary["cells"] = self._log_cells("test")
         self.on_test_cells(self.stats["test"])
         root = self._run_dir()
