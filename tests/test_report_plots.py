@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import statistics
 from pathlib import Path
 
@@ -174,9 +175,17 @@ def test_pdenet_bands_from_the_kept_records(tmp_path, drawn):
         if f.resolve() not in apart
     }
     with_bands = {f for f in with_bands if f.is_file()}
-    assert any(f.name == "rollout_bands.npz" for f in with_bands)  # both layouts are exercised
-    assert any(f.name.endswith("_lite_bands.npz") for f in with_bands)
+    assert any(f.name == "rollout_bands.npz" for f in with_bands)  # the run-folder layout
     assert {e["file"] for e in entries} == with_bands
+    # the kept-copy layout: a run folder's record copied as <stem>.json + <stem>_bands.npz
+    folder = next(f.parent for f in with_bands if f.name == "rollout_bands.npz")
+    copies = tmp_path / "copies"
+    copies.mkdir()
+    shutil.copy(folder / "results.json", copies / "kept_copy.json")
+    shutil.copy(folder / "rollout_bands.npz", copies / "kept_copy_bands.npz")
+    assert [e["file"] for e in rollout_bands(report("pdenet", copies))] == [
+        copies / "kept_copy_bands.npz"
+    ]
     assert {e["experiment"] for e in entries} >= {"pdenet_convdiff_lite",
                                                   "pdenet_convdiff_frozen_lite"}  # fmt: skip
     burgers = kept / "lite" / "pdenet2_burgers_lite_3stages.json"

@@ -45,6 +45,9 @@ RUN_LOCAL_KEYS = (
     "logger",
     "hydra",
     "ckpt_path",  # resuming continues the same config
+    "auto_resume",  # how a restarted run finds its checkpoint, not what it computes
+    "callbacks.preemption",  # the SIGTERM checkpoint: how a run survives, not what it computes
+    "trainer.plugins",  # checkpoint IO (atomic writes)
     "print_config",
     "tags",
     "trainer.accelerator",
