@@ -45,14 +45,16 @@ def git_commit(root: Path = REPO_ROOT) -> str | None:
     """HEAD of the checkout, with ``-dirty`` when there are uncommitted changes.
 
     Cached for the process: read when the first run starts, i.e. when its code was imported
-    (a sweep runs every job in one process), not when results are written.
+    (a sweep runs every job in one process), not when results are written. Without git (a copy
+    of the tree on a lent GPU machine) ``ODELAB_GIT_COMMIT`` names the commit the copy came from.
     """
+    fallback = os.environ.get("ODELAB_GIT_COMMIT") or None
     try:
         head = subprocess.run(
             ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10
         )
         if head.returncode != 0:
-            return None
+            return fallback
         dirty = subprocess.run(
             ["git", "status", "--porcelain", "--untracked-files=no"],
             cwd=root,
@@ -62,7 +64,7 @@ def git_commit(root: Path = REPO_ROOT) -> str | None:
         )
         return head.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
     except (OSError, subprocess.SubprocessError):
-        return None
+        return fallback
 
 
 def hardware(trainer: pl.Trainer) -> dict[str, Any]:
