@@ -73,9 +73,9 @@ def main(argv: list[str] | None = None) -> int:
         out_dir = (args.out / paper) if args.out else EXPERIMENTS_DIR / paper
         wandb_on = args.wandb
         if wandb_on is None:
-            from odelab.utils.config import wandb_has_credentials
+            from odelab.utils.wandb import has_credentials
 
-            wandb_on = wandb_has_credentials() or any(s.startswith("wandb:") for s in sources)
+            wandb_on = has_credentials() or any(s.startswith("wandb:") for s in sources)
         entity = args.entity
         if entity is None:
             entity = next((s[6:].split("/")[0] for s in sources if s.startswith("wandb:")), None)
