@@ -789,18 +789,13 @@ def test_full_size_networks_build_and_step(exp, tmp_path):
     assert all(p.grad is not None for p in net.parameters() if p.requires_grad)
 
 
-def test_kept_study_runs_rebuild_the_readme_table(capsys):
+def test_kept_study_runs_rebuild_the_readme_table(tmp_path):
     """The CPU-study records in experiments/macaron/runs/cpu_study give the README's numbers."""
-    import importlib.util
-
     from conftest import ROOT
+    from odelab.report.views import render_view
 
-    path = ROOT / "experiments" / "macaron" / "cpu_study_table.py"
-    spec = importlib.util.spec_from_file_location("macaron_cpu_study_table", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    mod.main(ROOT / "experiments" / "macaron" / "runs" / "cpu_study")
-    rows = [x for x in capsys.readouterr().out.splitlines() if x.startswith("| ") and "_" in x]
+    out, _ = render_view("macaron", "cpu_study", tmp_path)
+    rows = [x for x in out.splitlines() if x.startswith("| ") and "_" in x]
     assert len(rows) == 2
     readme = (ROOT / "experiments" / "macaron" / "README.md").read_text()
     for line in rows:

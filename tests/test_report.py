@@ -426,3 +426,23 @@ def test_report_modules_import_as_a_tree():
 
     for m in modules:
         visit(m, ())
+
+
+def test_committed_views_are_what_the_report_builds(tmp_path, capsys):
+    """Every study view a paper registers is committed as experiments/<paper>/<view>.md and is
+    what ``python -m odelab.report <paper> --view <view>`` rebuilds from its kept records."""
+    from odelab.report.__main__ import main
+    from odelab.report.table import papers
+    from odelab.report.views import paper_views
+
+    checked = []
+    for paper in papers():
+        for name in paper_views(paper):
+            main([paper, "--view", name, "--out", str(tmp_path), "--quiet"])
+            committed = ROOT / "experiments" / paper / f"{name}.md"
+            assert (tmp_path / paper / f"{name}.md").read_text() == committed.read_text()
+            checked.append(f"{paper}/{name}")
+    assert {"lm_resnet/cpu_study", "meanfield/study", "yopo/cpu_repro"} <= set(checked)
+    with pytest.raises(SystemExit):
+        main(["lm_resnet", "--view", "no_such_view"])
+    assert "its views: cpu_study, compression" in capsys.readouterr().err
