@@ -90,6 +90,21 @@ def test_share_ffn_params_is_refused():
         MacaronTransformer(vocab_size=20, d_model=8, heads=2, ffn_dim=16, share_ffn_params=True)
 
 
+@pytest.mark.parametrize("macaron", [True, False])
+def test_ffn_dim_by_position_is_the_ffn_dim(macaron):
+    """``MacaronTransformer(vocab, tgt_vocab, d_model, heads, enc, dec, ffn_dim)`` builds the same
+    network as the keyword call: the FFN width is 48 (Macaron: two halves of 24), not 1024."""
+    torch.manual_seed(0)
+    by_name = MacaronTransformer(vocab_size=20, d_model=8, heads=2, enc_layers=1, dec_layers=1,
+                                 ffn_dim=48, macaron=macaron)  # fmt: skip
+    torch.manual_seed(0)
+    by_position = MacaronTransformer(20, None, 8, 2, 1, 1, 48, macaron=macaron)
+    a, b = by_name.state_dict(), by_position.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    widths = {m.out_features for m in by_position.modules() if isinstance(m, torch.nn.Linear)}
+    assert widths >= ({24} if macaron else {48}) and 1024 not in widths and 512 not in widths
+
+
 def tiny_model(macaron=True, seed=0, **kw) -> Seq2SeqTransformer:
     torch.manual_seed(seed)
     cfg = dict(vocab_size=23, d_model=16, heads=4, enc_layers=2, dec_layers=2, ffn_dim=32)
