@@ -65,6 +65,7 @@ RUN_LOCAL_KEYS = (
     "data.download",
     "data.verify",
     "data.eval_batch_size",
+    "callbacks.model_summary",  # what the log shows at fit start
     "callbacks.*.output_dir",
     "callbacks.*.reference_file",
 )
