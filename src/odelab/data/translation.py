@@ -112,7 +112,6 @@ def _sgm_segments(lines: list[str]) -> list[str]:
 
 
 def _read_multi30k(data_dir: Path, src: str, tgt: str, download: bool) -> dict:
-    """Multi30k task 1 (flickr): train, val and test_2016_flickr, gzipped raw lines."""
     root = data_dir / "multi30k" / "raw"
     names = {"train": "train", "valid": "val", "test": "test_2016_flickr"}
     paths = [root / f"{n}.{lang}.gz" for n in names.values() for lang in (src, tgt)]
@@ -131,8 +130,6 @@ def _read_multi30k(data_dir: Path, src: str, tgt: str, download: bool) -> dict:
 
 
 def _read_iwslt14(data_dir: Path, src: str, tgt: str, download: bool) -> dict:
-    """IWSLT14 from fairseq's de-en.tgz: tagged training text and the XML test sets (the valid
-    set is split off the training text in :func:`prepare`)."""
     root = data_dir / "iwslt14" / "de-en"
     pair = f"{min(src, tgt)}-{max(src, tgt)}"
     train = [root / f"train.tags.{pair}.{lang}" for lang in (src, tgt)]
@@ -163,7 +160,6 @@ def _read_iwslt14(data_dir: Path, src: str, tgt: str, download: bool) -> dict:
 
 
 def _read_wmt14(data_dir: Path, src: str, tgt: str, download: bool) -> dict:
-    """WMT14 En-De: the training corpora, newstest2013 (valid) and newstest2014 (test, SGML)."""
     root = data_dir / "wmt14_en_de"
     train = [root / f"{c}.{lang}" for c in WMT14_TRAIN for lang in (src, tgt)]
     dev = [root / "dev" / f"newstest2013.{lang}" for lang in (src, tgt)]
@@ -193,7 +189,7 @@ def _read_wmt14(data_dir: Path, src: str, tgt: str, download: bool) -> dict:
     }
 
 
-# corpus name -> reader(data_dir, src, tgt, download) -> {split: (src lines, tgt lines)}
+# corpus -> reader(data_dir, src, tgt, download): the files of the module docstring
 CORPUS_READERS = {"multi30k": _read_multi30k, "iwslt14": _read_iwslt14, "wmt14": _read_wmt14}
 
 

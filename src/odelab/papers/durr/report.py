@@ -5,6 +5,8 @@
 seeds, and the reference values of ``reference.yaml`` for the same keys as crosses (for
 DnCNN-B / BM3D these are the DnCNN authors' published BSD68 numbers, the anchors the reference
 file cites; DURR's own table could not be read, see reference.yaml).
+
+:func:`plot_steps` draws one run's ``steps_vs_level.png`` (the DURR module calls it at test end).
 """
 
 from __future__ import annotations

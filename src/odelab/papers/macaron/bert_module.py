@@ -165,11 +165,9 @@ class BertPretrainModule(_Base):
         self._step(batch, "test")
 
     def _log(self, split: str) -> None:
-        """Log the split's metric objects (Lightning computes and resets them); ``nsp_acc``
-        only with NSP on (a metric never updated is not logged)."""
-        for name in ("loss", "mlm_loss", "mlm_acc", "nsp_acc"):
+        for name in ("loss", "mlm_loss", "mlm_acc", "nsp_acc"):  # Lightning computes, resets
             metric = self.metrics[f"{split}_{name}"]
-            if metric.update_count:
+            if metric.update_count:  # nsp_acc only with NSP on
                 self.log(f"{split}/{name}", metric)
 
     def on_train_epoch_end(self):
@@ -273,7 +271,6 @@ class GlueModule(_Base):
         self._step(batch, "test")
 
     def _log(self, split: str) -> None:
-        """Log the split's metric objects: Lightning computes and resets them."""
         self.log(f"{split}/loss", self.mean_loss[f"{split}_"])
         for name, metric in self.scores.items():
             if name.startswith(split):

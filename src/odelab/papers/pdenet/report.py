@@ -7,6 +7,7 @@ final model of each; then one panel per setting/config with the final model and 
 models (``stage<s>_blocks<n>``: the model after stage s, n δt-blocks). Read from the
 ``rollout_bands.npz`` each test run writes in its run directory (kept copies:
 ``<record>_bands.npz`` next to ``<record>.json``); a run without one draws nothing.
+:func:`plot_bands` draws one run's ``rollout_bands.png`` (the module calls it at test end).
 """
 
 from __future__ import annotations
