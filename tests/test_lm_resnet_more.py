@@ -337,19 +337,14 @@ def test_k_summary_and_plot(tmp_path):
         assert img.format == "PNG" and img.size[0] > 100
 
 
-def test_kept_records_rebuild_the_compression_table(tmp_path, monkeypatch, capsys):
-    """experiments/lm_resnet/compression.md is what k_analysis.py makes of the kept records."""
-    import importlib.util
-    import sys
-
+def test_kept_records_rebuild_the_compression_table(tmp_path):
+    """experiments/lm_resnet/compression.md is what the report's compression view makes of the
+    kept records."""
     from conftest import ROOT
+    from odelab.report.views import render_view
 
     folder = ROOT / "experiments" / "lm_resnet"
-    spec = importlib.util.spec_from_file_location("k_analysis", folder / "k_analysis.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    monkeypatch.setattr(sys, "argv", ["k_analysis.py", "--out", str(tmp_path)])
-    mod.main()
+    render_view("lm_resnet", "compression", tmp_path)
     assert (tmp_path / "compression.md").read_text() == (folder / "compression.md").read_text()
     for png in ("k_per_block.png", "compression.png"):
         with Image.open(tmp_path / png) as img:

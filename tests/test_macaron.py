@@ -90,6 +90,21 @@ def test_share_ffn_params_is_refused():
         MacaronTransformer(vocab_size=20, d_model=8, heads=2, ffn_dim=16, share_ffn_params=True)
 
 
+@pytest.mark.parametrize("macaron", [True, False])
+def test_ffn_dim_by_position_is_the_ffn_dim(macaron):
+    """``MacaronTransformer(vocab, tgt_vocab, d_model, heads, enc, dec, ffn_dim)`` builds the same
+    network as the keyword call: the FFN width is 48 (Macaron: two halves of 24), not 1024."""
+    torch.manual_seed(0)
+    by_name = MacaronTransformer(vocab_size=20, d_model=8, heads=2, enc_layers=1, dec_layers=1,
+                                 ffn_dim=48, macaron=macaron)  # fmt: skip
+    torch.manual_seed(0)
+    by_position = MacaronTransformer(20, None, 8, 2, 1, 1, 48, macaron=macaron)
+    a, b = by_name.state_dict(), by_position.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    widths = {m.out_features for m in by_position.modules() if isinstance(m, torch.nn.Linear)}
+    assert widths >= ({24} if macaron else {48}) and 1024 not in widths and 512 not in widths
+
+
 def tiny_model(macaron=True, seed=0, **kw) -> Seq2SeqTransformer:
     torch.manual_seed(seed)
     cfg = dict(vocab_size=23, d_model=16, heads=4, enc_layers=2, dec_layers=2, ffn_dim=32)
@@ -789,18 +804,13 @@ def test_full_size_networks_build_and_step(exp, tmp_path):
     assert all(p.grad is not None for p in net.parameters() if p.requires_grad)
 
 
-def test_kept_study_runs_rebuild_the_readme_table(capsys):
+def test_kept_study_runs_rebuild_the_readme_table(tmp_path):
     """The CPU-study records in experiments/macaron/runs/cpu_study give the README's numbers."""
-    import importlib.util
-
     from conftest import ROOT
+    from odelab.report.views import render_view
 
-    path = ROOT / "experiments" / "macaron" / "cpu_study_table.py"
-    spec = importlib.util.spec_from_file_location("macaron_cpu_study_table", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    mod.main(ROOT / "experiments" / "macaron" / "runs" / "cpu_study")
-    rows = [x for x in capsys.readouterr().out.splitlines() if x.startswith("| ") and "_" in x]
+    out, _ = render_view("macaron", "cpu_study", tmp_path)
+    rows = [x for x in out.splitlines() if x.startswith("| ") and "_" in x]
     assert len(rows) == 2
     readme = (ROOT / "experiments" / "macaron" / "README.md").read_text()
     for line in rows:

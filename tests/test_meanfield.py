@@ -353,19 +353,14 @@ def test_cifar_config_reads_the_local_real_subset(run_experiment):
     assert json.loads((out / "results.json").read_text())["status"] == "finished"
 
 
-def test_kept_study_runs_rebuild_the_readme_numbers(capsys):
+def test_kept_study_runs_rebuild_the_readme_numbers(tmp_path):
     """The study records kept in experiments/meanfield/runs aggregate to the README's numbers."""
-    import importlib.util
+    from odelab.report.views import render_view
 
     runs = ROOT / "experiments" / "meanfield" / "runs"
     if not any(runs.glob("*/*.json")):
         pytest.skip("no kept study records yet")
-    path = ROOT / "experiments" / "meanfield" / "study_table.py"
-    spec = importlib.util.spec_from_file_location("study_table", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    mod.main(runs, plots=False)
-    out = capsys.readouterr().out
+    out, _ = render_view("meanfield", "study", tmp_path)
     readme = (ROOT / "experiments" / "meanfield" / "README.md").read_text()
     rows = [line for line in out.splitlines() if line.startswith("| ") and "---" not in line]
     assert rows

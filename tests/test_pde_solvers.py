@@ -1,4 +1,4 @@
-"""PDE solvers (odelab.data.pde) against exact solutions in float64, and measured orders."""
+"""PDE solvers (odelab.data.pde_solvers) against exact solutions in float64; measured orders."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from odelab.data.pde import (
+from odelab.data.pde_data import PDETrajectoryDataModule, generate
+from odelab.data.pde_solvers import (
     DirichletReactionDiffusion2d,
     SpectralLinear2d,
     UpwindConvectionDiffusion2d,
@@ -18,7 +19,6 @@ from odelab.data.pde import (
     random_lowpass_field,
     upwind2,
 )
-from odelab.data.pde_data import PDETrajectoryDataModule, generate
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # many tiny ops: see conftest
 
@@ -61,7 +61,7 @@ def test_spectral_zero_coefficients_conserve_and_offset_evaluation():
 
 def test_spectral_rk4_fourth_order_in_time():
     """Variable coefficients: RK4 error vs a fine-step reference falls like dt^4."""
-    from odelab.data.pde import convdiff_coefficients
+    from odelab.data.pde_solvers import convdiff_coefficients
 
     g = torch.Generator().manual_seed(0)
     u0 = random_lowpass_field((1,), 24, 3, g)

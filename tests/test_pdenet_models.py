@@ -8,7 +8,7 @@ import pytest
 import sympy
 import torch
 
-from odelab.data.pde import grid, upwind2
+from odelab.data.pde_solvers import grid, upwind2
 from odelab.papers.pdenet.models import (
     LagrangeField2d,
     LagrangeInterp1d,

@@ -48,16 +48,11 @@ def test_every_experiment_has_a_reference_entry():
         assert exp.stem in settings, f"{exp.stem}: no entry in {papers[paper]}"
 
 
-def test_kept_study_runs_rebuild_the_readme_table(capsys):
+def test_kept_study_runs_rebuild_the_readme_table(tmp_path):
     """The CPU-study records in experiments/lm_resnet/runs aggregate to the README's numbers."""
-    import importlib.util
+    from odelab.report.views import render_view
 
-    path = ROOT / "experiments" / "lm_resnet" / "cpu_study_table.py"
-    spec = importlib.util.spec_from_file_location("cpu_study_table", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    mod.main(ROOT / "experiments" / "lm_resnet" / "runs" / "cpu_study")
-    out = capsys.readouterr().out
+    out, _ = render_view("lm_resnet", "cpu_study", tmp_path)
     readme = (ROOT / "experiments" / "lm_resnet" / "README.md").read_text()
     for line in out.splitlines():
         if line.startswith(("| lm_resnet20", "| resnet20")):

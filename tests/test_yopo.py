@@ -445,18 +445,15 @@ def test_training_clock_budget_and_process_clock(tmp_path):
     assert len(clock.batch_s) == 1 and clock.batch_s[0] > 0 and clock.batch_wall_s[0] > 0
 
 
-def test_kept_cpu_repro_records_rebuild_the_readme_numbers(capsys):
-    """experiments/yopo/runs/cpu_repro holds the CPU reproduction's curves; the table script
-    turns them into the plateau, times and ratio quoted in the README."""
-    import importlib.util
+def test_kept_cpu_repro_records_rebuild_the_readme_numbers(tmp_path):
+    """experiments/yopo/runs/cpu_repro holds the CPU reproduction's curves; the report's
+    cpu_repro view turns them into the plateau, times and ratio quoted in the README."""
+    from odelab.report.views import render_view
 
     root = Path(__file__).resolve().parents[1] / "experiments" / "yopo"
-    spec = importlib.util.spec_from_file_location("cpu_repro_table", root / "cpu_repro_table.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    mod.main(root / "runs" / "cpu_repro")
+    out, _ = render_view("yopo", "cpu_repro", tmp_path)
     readme = (root / "README.md").read_text()
-    for line in capsys.readouterr().out.splitlines():
+    for line in out.splitlines():
         if line.startswith(("PGD-40 level", "yopo_mnist: reaches", "pgd40_mnist",
                             "ratio time-to-level")):  # fmt: skip
             assert line in readme, line

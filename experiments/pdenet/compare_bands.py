@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from odelab.papers.pdenet.module import plot_bands
+from odelab.papers.pdenet.report import plot_bands
 
 
 def main(argv: list[str]) -> None:

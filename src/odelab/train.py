@@ -6,10 +6,9 @@ This module never knows which paper it runs: everything paper-specific is config
 from __future__ import annotations
 
 import logging
-import os
-import sys
 import time
 import warnings
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +17,9 @@ from omegaconf import DictConfig, OmegaConf
 
 # torch/lightning are imported inside the functions that need them: `run.py --help` and config
 # errors answer in about a second instead of after the ~5-15 s import of lightning (startup.py)
-from odelab.utils.config import configure_wandb_env, register_resolvers, to_container
+from odelab.utils.config import register_resolvers, to_container
+from odelab.utils.wandb import finish as finish_wandb
+from odelab.utils.wandb import start_logger
 
 log = logging.getLogger("odelab.train")
 register_resolvers()
@@ -54,42 +55,16 @@ def _loggers(cfg: DictConfig) -> list:
         if node is None or "_target_" not in node:
             continue
         if "wandb" in node._target_.lower():
-            mode = configure_wandb_env()
-            Path(node.get("save_dir", ".")).mkdir(parents=True, exist_ok=True)
-            try:
-                logger = hydra.utils.instantiate(node)
-                _ = logger.experiment  # start the run now, inside this guard
-            except Exception as e:
-                log.warning("W&B (%s) could not start (%s); continuing offline", mode, e)
-                os.environ["WANDB_MODE"] = "offline"
-                _finish_wandb(exit_code=1, teardown=True)
-                try:
-                    logger = hydra.utils.instantiate(node, offline=True)
-                    _ = logger.experiment
-                except Exception as e2:
-                    log.warning("W&B offline failed too (%s); running without W&B", e2)
-                    continue
+            logger = start_logger(
+                partial(hydra.utils.instantiate, node), node.get("save_dir", ".")
+            )
+            if logger is None:
+                continue
             loggers.append(logger)
         else:
             loggers.append(hydra.utils.instantiate(node))
         log.info("logger %s: %s", name, type(loggers[-1]).__name__)
     return loggers
-
-
-def _finish_wandb(exit_code: int = 0, teardown: bool = False) -> None:
-    """Finish the W&B run if one is open; ``teardown`` also drops the session, so that the next
-    run starts fresh (after a failed start). Never lets W&B turn a result into a crash."""
-    try:
-        if "wandb" not in sys.modules:
-            return
-        import wandb
-
-        if wandb.run is not None:
-            wandb.finish(exit_code=exit_code)
-        if teardown:
-            wandb.teardown()
-    except Exception as e:
-        log.warning("wandb finish/teardown failed: %s", e)
 
 
 def _metric(trainer, name: str) -> float | None:
@@ -137,7 +112,7 @@ def run(cfg: DictConfig) -> float | None:
         log.exception("run failed; outputs so far are in %s", out)
         raise
     finally:
-        _finish_wandb(exit_code=0 if ok else 1)  # W&B marks a failed run failed
+        finish_wandb(exit_code=0 if ok else 1)  # W&B marks a failed run failed
 
 
 def _resume_ckpt(cfg: DictConfig, out: Path) -> str | None:

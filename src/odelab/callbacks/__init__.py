@@ -4,12 +4,14 @@ from odelab.callbacks.averaging import AverageLastCheckpoints, average_checkpoin
 from odelab.callbacks.control import PreemptionCheckpoint, RNGStateCallback, StopAfterEpochs
 from odelab.callbacks.results import ResultsWriter, load_reference
 from odelab.callbacks.speed import SpeedSwitches
+from odelab.callbacks.summary import ModelSummary
 from odelab.callbacks.timing import EpochTimer, FirstStepStamp
 from odelab.callbacks.train_clock import TrainClock
 
 __all__ = [
     "EpochTimer",
     "FirstStepStamp",
+    "ModelSummary",
     "PreemptionCheckpoint",
     "AverageLastCheckpoints",
     "average_checkpoints",

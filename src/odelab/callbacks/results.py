@@ -26,6 +26,8 @@ import lightning.pytorch as pl
 import torch
 import yaml
 
+from odelab.utils.wandb import log_results_table
+
 log = logging.getLogger(__name__)
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
@@ -164,7 +166,7 @@ class ResultsWriter(pl.Callback):
                 ours = "-" if r["ours"] is None else f"{r['ours']:.4g}"
                 paper = "none" if r["paper"] is None else f"{r['paper']:.4g} [{r['flag']}]"
                 log.info("%s: ours %s, paper %s", r["metric"], ours, paper)
-        self._log_wandb_table(trainer, rows)
+            log_results_table(trainer.loggers, rows)
 
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
         self.extra["error"] = f"{type(exception).__name__}: {exception}"
@@ -228,23 +230,3 @@ class ResultsWriter(pl.Callback):
         tmp.write_text(json.dumps(self.as_dict(trainer, status), indent=2, default=str) + "\n")
         os.replace(tmp, self.path)
         log.info("results (%s) written to %s", status, self.path)
-
-    def _log_wandb_table(self, trainer: pl.Trainer, rows: list[dict[str, Any]]) -> None:
-        from lightning.pytorch.loggers import WandbLogger
-
-        for logger in trainer.loggers:
-            if not isinstance(logger, WandbLogger) or not trainer.is_global_zero:
-                continue
-            try:
-                import wandb
-
-                cols = ["metric", "ours", "paper", "delta", "flag", "source"]
-                table = wandb.Table(columns=cols)
-                for r in rows:
-                    table.add_data(*[r[c] for c in cols])
-                logger.experiment.log({"results/table": table})
-                for r in rows:
-                    if r["ours"] is not None:
-                        logger.experiment.summary[f"final/{r['metric']}"] = r["ours"]
-            except Exception as e:  # W&B must never break a finished run
-                log.warning("could not log the results table to W&B: %s", e)

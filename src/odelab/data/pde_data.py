@@ -1,8 +1,8 @@
 """PDE-Net trajectory data: generators for each equation and the staged, cached datamodule.
 
 A batch is a float64 tensor ``[B, T+1, C, n, n]`` = (u0, u(δt), ..., u(Tδt)) on the learned
-n × n grid (rows = y, columns = x; see :mod:`odelab.data.pde`). The generator runs on the fine
-grid ``n · upsample`` and samples every ``upsample``-th node.
+n × n grid (rows = y, columns = x; see :mod:`odelab.data.pde_solvers`). The generator runs on
+the fine grid ``n · upsample`` and samples every ``upsample``-th node.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import lightning.pytorch as pl
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from odelab.data.pde import (
+from odelab.data.pde_solvers import (
     TWO_PI,
     DirichletReactionDiffusion2d,
     SpectralLinear2d,

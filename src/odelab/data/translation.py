@@ -111,86 +111,97 @@ def _sgm_segments(lines: list[str]) -> list[str]:
     return [re.sub(r"<seg id=\"[^\"]*\">\s*|\s*</seg>\s*", "", x) for x in lines if "<seg" in x]
 
 
+def _read_multi30k(data_dir: Path, src: str, tgt: str, download: bool) -> dict:
+    root = data_dir / "multi30k" / "raw"
+    names = {"train": "train", "valid": "val", "test": "test_2016_flickr"}
+    paths = [root / f"{n}.{lang}.gz" for n in names.values() for lang in (src, tgt)]
+    if download and not all(p.is_file() for p in paths):
+        for p in paths:
+            download_url(MULTI30K_URL + p.name, p, MULTI30K_MD5.get(p.name))
+    _need(
+        paths,
+        f"Multi30k: put the multi30k/dataset task1 raw files in {root} "
+        f"(data.download=true fetches them from {MULTI30K_URL}).",
+    )
+    return {
+        split: (_read_lines(root / f"{n}.{src}.gz"), _read_lines(root / f"{n}.{tgt}.gz"))
+        for split, n in names.items()
+    }
+
+
+def _read_iwslt14(data_dir: Path, src: str, tgt: str, download: bool) -> dict:
+    root = data_dir / "iwslt14" / "de-en"
+    pair = f"{min(src, tgt)}-{max(src, tgt)}"
+    train = [root / f"train.tags.{pair}.{lang}" for lang in (src, tgt)]
+    test = [root / f"{n}.{pair}.{lang}.xml" for n in IWSLT14_TEST for lang in (src, tgt)]
+    if download and not all(p.is_file() for p in train + test):
+        archive = data_dir / "iwslt14" / "de-en.tgz"
+        if not archive.is_file():
+            download_url(IWSLT14_URL, archive)
+        if archive.stat().st_size != IWSLT14_SIZE:
+            raise DatasetError(
+                f"{archive} has {archive.stat().st_size} bytes, not the {IWSLT14_SIZE} of "
+                f"fairseq's de-en.tgz; delete it and download {IWSLT14_URL} again"
+            )
+        log.info("IWSLT14 archive md5 %s", md5sum(archive))
+        extract_archive(archive, data_dir / "iwslt14")
+    _need(
+        train + test,
+        f"IWSLT14: run with data.download=true (fetches {IWSLT14_URL}, "
+        f"{IWSLT14_SIZE} bytes) or extract de-en.tgz into {root.parent}.",
+    )
+    out = {"train": tuple(_strip_iwslt_train(_read_lines(p)) for p in train)}
+    s, t = [], []
+    for n in IWSLT14_TEST:
+        s += _iwslt_xml_segments(_read_lines(root / f"{n}.{pair}.{src}.xml"))
+        t += _iwslt_xml_segments(_read_lines(root / f"{n}.{pair}.{tgt}.xml"))
+    out["test"] = (s, t)
+    return out
+
+
+def _read_wmt14(data_dir: Path, src: str, tgt: str, download: bool) -> dict:
+    root = data_dir / "wmt14_en_de"
+    train = [root / f"{c}.{lang}" for c in WMT14_TRAIN for lang in (src, tgt)]
+    dev = [root / "dev" / f"newstest2013.{lang}" for lang in (src, tgt)]
+    test = [
+        root / "test-full" / f"newstest2014-deen-{'src' if lang == 'en' else 'ref'}.{lang}.sgm"
+        for lang in (src, tgt)
+    ]
+    if download and not all(p.is_file() for p in train + dev + test):
+        for url in WMT14_URLS:
+            archive = root / url.rsplit("/", 1)[1]
+            if not archive.is_file():
+                download_url(url, archive)  # md5s of the WMT archives are not published
+            extract_archive(archive, root)
+    _need(
+        train + dev + test,
+        f"WMT14 En-De: run with data.download=true (fetches "
+        f"{', '.join(WMT14_URLS)}) or extract them into {root}.",
+    )
+    tr_s, tr_t = [], []
+    for c in WMT14_TRAIN:
+        tr_s += _read_lines(root / f"{c}.{src}")
+        tr_t += _read_lines(root / f"{c}.{tgt}")
+    return {
+        "train": (tr_s, tr_t),
+        "valid": tuple(_read_lines(p) for p in dev),
+        "test": tuple(_sgm_segments(_read_lines(p)) for p in test),
+    }
+
+
+# corpus -> reader(data_dir, src, tgt, download): the files of the module docstring
+CORPUS_READERS = {"multi30k": _read_multi30k, "iwslt14": _read_iwslt14, "wmt14": _read_wmt14}
+
+
 def read_corpus(corpus: str, data_dir: str | Path, src: str, tgt: str, download: bool = False):
     """Raw aligned text {split: (src lines, tgt lines)} of a corpus in its canonical format.
 
     IWSLT14 and WMT14 training text comes back untokenised; the split of IWSLT's valid set
     (every 23rd line after cleaning) happens in :func:`prepare`.
     """
-    data_dir = Path(data_dir)
-    if corpus == "multi30k":
-        root = data_dir / "multi30k" / "raw"
-        names = {"train": "train", "valid": "val", "test": "test_2016_flickr"}
-        paths = [root / f"{n}.{lang}.gz" for n in names.values() for lang in (src, tgt)]
-        if download and not all(p.is_file() for p in paths):
-            for p in paths:
-                download_url(MULTI30K_URL + p.name, p, MULTI30K_MD5.get(p.name))
-        _need(
-            paths,
-            f"Multi30k: put the multi30k/dataset task1 raw files in {root} "
-            f"(data.download=true fetches them from {MULTI30K_URL}).",
-        )
-        return {
-            split: (_read_lines(root / f"{n}.{src}.gz"), _read_lines(root / f"{n}.{tgt}.gz"))
-            for split, n in names.items()
-        }
-    if corpus == "iwslt14":
-        root = data_dir / "iwslt14" / "de-en"
-        pair = f"{min(src, tgt)}-{max(src, tgt)}"
-        train = [root / f"train.tags.{pair}.{lang}" for lang in (src, tgt)]
-        test = [root / f"{n}.{pair}.{lang}.xml" for n in IWSLT14_TEST for lang in (src, tgt)]
-        if download and not all(p.is_file() for p in train + test):
-            archive = data_dir / "iwslt14" / "de-en.tgz"
-            if not archive.is_file():
-                download_url(IWSLT14_URL, archive)
-            if archive.stat().st_size != IWSLT14_SIZE:
-                raise DatasetError(
-                    f"{archive} has {archive.stat().st_size} bytes, not the {IWSLT14_SIZE} of "
-                    f"fairseq's de-en.tgz; delete it and download {IWSLT14_URL} again"
-                )
-            log.info("IWSLT14 archive md5 %s", md5sum(archive))
-            extract_archive(archive, data_dir / "iwslt14")
-        _need(
-            train + test,
-            f"IWSLT14: run with data.download=true (fetches {IWSLT14_URL}, "
-            f"{IWSLT14_SIZE} bytes) or extract de-en.tgz into {root.parent}.",
-        )
-        out = {"train": tuple(_strip_iwslt_train(_read_lines(p)) for p in train)}
-        s, t = [], []
-        for n in IWSLT14_TEST:
-            s += _iwslt_xml_segments(_read_lines(root / f"{n}.{pair}.{src}.xml"))
-            t += _iwslt_xml_segments(_read_lines(root / f"{n}.{pair}.{tgt}.xml"))
-        out["test"] = (s, t)
-        return out
-    if corpus == "wmt14":
-        root = data_dir / "wmt14_en_de"
-        train = [root / f"{c}.{lang}" for c in WMT14_TRAIN for lang in (src, tgt)]
-        dev = [root / "dev" / f"newstest2013.{lang}" for lang in (src, tgt)]
-        test = [
-            root / "test-full" / f"newstest2014-deen-{'src' if lang == 'en' else 'ref'}.{lang}.sgm"
-            for lang in (src, tgt)
-        ]
-        if download and not all(p.is_file() for p in train + dev + test):
-            for url in WMT14_URLS:
-                archive = root / url.rsplit("/", 1)[1]
-                if not archive.is_file():
-                    download_url(url, archive)  # md5s of the WMT archives are not published
-                extract_archive(archive, root)
-        _need(
-            train + dev + test,
-            f"WMT14 En-De: run with data.download=true (fetches "
-            f"{', '.join(WMT14_URLS)}) or extract them into {root}.",
-        )
-        tr_s, tr_t = [], []
-        for c in WMT14_TRAIN:
-            tr_s += _read_lines(root / f"{c}.{src}")
-            tr_t += _read_lines(root / f"{c}.{tgt}")
-        return {
-            "train": (tr_s, tr_t),
-            "valid": tuple(_read_lines(p) for p in dev),
-            "test": tuple(_sgm_segments(_read_lines(p)) for p in test),
-        }
-    raise ValueError(f"corpus={corpus!r}: use multi30k, iwslt14 or wmt14")
+    if corpus not in CORPUS_READERS:
+        raise ValueError(f"corpus={corpus!r}: use {', '.join(CORPUS_READERS)}")
+    return CORPUS_READERS[corpus](Path(data_dir), src, tgt, download)
 
 
 # ---------------------------------------------------------------- text processing

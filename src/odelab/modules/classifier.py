@@ -82,20 +82,19 @@ class ImageClassifier(pl.LightningModule):
         self._step(batch, "test")
 
     def _log_epoch(self, split: str) -> None:
-        acc_metric, loss_metric = self.acc[f"{split}_"], self.mean_loss[f"{split}_"]
-        acc = acc_metric.compute()
-        self.log(f"{split}/loss", loss_metric.compute(), sync_dist=True)
-        self.log(f"{split}/acc", acc, sync_dist=True, prog_bar=split != "train")
+        """Log the split's metric objects: Lightning computes (one device sync, reduced across
+        processes by torchmetrics) and resets them at the end of the epoch."""
+        acc = self.acc[f"{split}_"]
+        self.log(f"{split}/loss", self.mean_loss[f"{split}_"])
+        self.log(f"{split}/acc", acc, prog_bar=split != "train")
         if split == "test":
-            self.log("test/error", 100.0 * (1.0 - acc), sync_dist=True)
-        acc_metric.reset()
-        loss_metric.reset()
+            self.log("test/error", 100.0 * (1.0 - acc.compute()))
 
     def on_train_epoch_end(self) -> None:
         self._log_epoch("train")
         opt = self.optimizers()
         opt = opt[0] if isinstance(opt, list) else opt
-        self.log("train/lr", opt.param_groups[0]["lr"], sync_dist=False)
+        self.log("train/lr", opt.param_groups[0]["lr"])
 
     def on_validation_epoch_end(self) -> None:
         self._log_epoch("val")

@@ -4,11 +4,14 @@
     python -m odelab.report --all --from logs/              # every paper
     python -m odelab.report yopo --from wandb:<entity>/<project>
     python -m odelab.report yopo --from wandb-offline:wandb/
+    python -m odelab.report lm_resnet --view cpu_study --from logs/lm_resnet_cpu_study
 
 Writes ``experiments/<paper>/results.md``, ``results.csv`` and ``results_*.png`` (``--out DIR``
 writes ``DIR/<paper>/`` instead) and prints the tables; with W&B on (``--wandb``, or
 automatically with an account or a ``wandb:`` source) it also logs one summary run per paper
-(job type ``report``) holding the tables and the plots.
+(job type ``report``) holding the tables and the plots. Without ``--from`` it also renders the
+paper's study views (:mod:`odelab.report.views`) from their kept records into ``<name>.md``;
+``--view NAME`` renders only that view, from ``--from`` records when given.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from pathlib import Path
 from odelab.report import report_paper
 from odelab.report.sources import collect, default_sources
 from odelab.report.table import EXPERIMENTS_DIR, papers
+from odelab.report.views import paper_views, render_view
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -47,6 +51,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     wb.add_argument("--no-wandb", dest="wandb", action="store_false")
     p.add_argument("--project", help="W&B project of the summary run (default: the logger's)")
     p.add_argument("--entity", help="W&B entity of the summary run")
+    p.add_argument("--view", dest="views", action="append", metavar="NAME",
+                   help="render only this study view of the paper (repeatable), from the "
+                   "--from dirs or its kept records (papers/<paper>/report.py views)")  # fmt: skip
     p.add_argument("--no-plots", action="store_true")
     p.add_argument("--quiet", action="store_true", help="no terminal tables")
     args = p.parse_args(argv)
@@ -58,6 +65,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if unknown:
         p.error(f"unknown paper(s) {unknown}: no experiments/<paper>/reference.yaml "
                 f"(papers: {', '.join(papers())})")  # fmt: skip
+    for paper in args.papers if args.views else []:
+        known = paper_views(paper)
+        if unknown := [v for v in args.views if v not in known]:
+            p.error(f"{paper} has no view {unknown} (its views: {', '.join(known) or 'none'})")
     return args
 
 
@@ -66,16 +77,19 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     explicit = args.sources is not None
     for paper in args.papers:
+        out_dir = (args.out / paper) if args.out else EXPERIMENTS_DIR / paper
+        if args.views:
+            _views(paper, args.views, out_dir, args)
+            continue
         sources = args.sources
         if not explicit:  # the defaults that exist: results.md names exactly what it read
             sources = [s for s in default_sources(paper) if Path(s).exists()]
         runs = collect(sources, paper=paper, missing_ok=not explicit)
-        out_dir = (args.out / paper) if args.out else EXPERIMENTS_DIR / paper
         wandb_on = args.wandb
         if wandb_on is None:
-            from odelab.utils.config import wandb_has_credentials
+            from odelab.utils.wandb import has_credentials
 
-            wandb_on = wandb_has_credentials() or any(s.startswith("wandb:") for s in sources)
+            wandb_on = has_credentials() or any(s.startswith("wandb:") for s in sources)
         entity = args.entity
         if entity is None:
             entity = next((s[6:].split("/")[0] for s in sources if s.startswith("wandb:")), None)
@@ -91,7 +105,17 @@ def main(argv: list[str] | None = None) -> int:
             entity=entity,
         )
         print(f"{paper}: wrote " + ", ".join(os.path.relpath(p) for p in written))
+        if not explicit:  # the study views read their own kept records
+            _views(paper, list(paper_views(paper)), out_dir, args)
     return 0
+
+
+def _views(paper: str, names: list[str], out_dir: Path, args: argparse.Namespace) -> None:
+    for name in names:
+        text, path = render_view(paper, name, out_dir, sources=args.sources)
+        if not args.quiet:
+            print(text)
+        print(f"{paper}: wrote {os.path.relpath(path)}")
 
 
 if __name__ == "__main__":

@@ -84,7 +84,7 @@ def unusable_cells(report: PaperReport) -> list[list[str]]:
     ]
 
 
-def _md_table(head: list[str], rows: list[list[str]]) -> str:
+def md_table(head: list[str], rows: list[list[str]]) -> str:
     def esc(c: str) -> str:
         return str(c).replace("|", "\\|").replace("\n", " ")
 
@@ -121,12 +121,12 @@ def markdown(report: PaperReport, plots: list[Path] = ()) -> str:
         "",
         "## The paper's recipe",
         "",
-        _md_table(RECIPE_HEAD, [recipe_cells(r) for r in report.rows]),
+        md_table(RECIPE_HEAD, [recipe_cells(r) for r in report.rows]),
         "",
     ]
     out += ["## Runs with a different config (not averaged into the table above)", ""]
     if report.variant_rows:
-        out += [_md_table(VARIANT_HEAD, [variant_cells(r) for r in report.variant_rows]), ""]
+        out += [md_table(VARIANT_HEAD, [variant_cells(r) for r in report.variant_rows]), ""]
         out.append("How each config differs from its setting's recipe:")
         out.append("")
         for g in report.groups:
@@ -137,7 +137,7 @@ def markdown(report: PaperReport, plots: list[Path] = ()) -> str:
         out += ["None.", ""]
     out += ["## Failed, unfinished and superseded runs", ""]
     cells = unusable_cells(report)
-    out += [_md_table(UNUSABLE_HEAD, cells) if cells else "None.", ""]
+    out += [md_table(UNUSABLE_HEAD, cells) if cells else "None.", ""]
     if plots:
         out += ["## Plots", ""]
         out += [f"![{p.stem}]({p.name})" for p in plots]
@@ -149,7 +149,7 @@ def markdown(report: PaperReport, plots: list[Path] = ()) -> str:
     ]
     if sources:
         out += ["## Where the paper values come from", ""]
-        out += [_md_table(["setting", "metric", "table", "source"], sources), ""]
+        out += [md_table(["setting", "metric", "table", "source"], sources), ""]
     runs = sorted(rel(r.source) for r in report.runs)
     if runs:
         out += ["## Runs in the tables", ""]

@@ -9,10 +9,13 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from odelab.utils.config import REPO_ROOT
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +99,11 @@ class Run:
         else:  # a kept copy among others: only files named after it are its own
             candidates = [src.with_name(f"{src.stem}_{n}") for n in names]
         return next((c for c in candidates if c.is_file()), None)
+
+
+def log_dir() -> Path:
+    """Where runs write (``paths.log_dir``: ``$ODELAB_LOG_DIR`` or ``<checkout>/logs``)."""
+    return Path(os.environ.get("ODELAB_LOG_DIR", REPO_ROOT / "logs"))
 
 
 def _finite(v: Any) -> float | None:

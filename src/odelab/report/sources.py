@@ -2,17 +2,11 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
-from odelab.report.runs import Run, local_runs
+from odelab.report import wandb_io
+from odelab.report.runs import Run, local_runs, log_dir
 from odelab.report.table import EXPERIMENTS_DIR
-from odelab.utils.config import REPO_ROOT
-
-
-def log_dir() -> Path:
-    """Where runs write (``paths.log_dir``: ``$ODELAB_LOG_DIR`` or ``<checkout>/logs``)."""
-    return Path(os.environ.get("ODELAB_LOG_DIR", REPO_ROOT / "logs"))
 
 
 def default_sources(paper: str) -> list[str]:
@@ -28,8 +22,6 @@ def collect(
     ``missing_ok`` skips local directories that do not exist (the defaults); a source the user
     named must exist. ``api`` replaces ``wandb.Api()`` (tests).
     """
-    from odelab.report import wandb_io
-
     runs: list[Run] = []
     for src in sources:
         if src.startswith("wandb:"):

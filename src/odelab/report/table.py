@@ -68,6 +68,7 @@ RUN_LOCAL_KEYS = (
     "data.download",
     "data.verify",
     "data.eval_batch_size",
+    "callbacks.model_summary",  # what the log shows at fit start
     "callbacks.*.output_dir",
     "callbacks.*.reference_file",
 )
@@ -370,12 +371,14 @@ def fmt(v: float | None, digits: int | None = None) -> str:
     return f"{v:.4f}" if a >= 1e-3 or a == 0 else f"{v:.3g}"
 
 
-def mean_std(stat: Stat) -> str:
-    """``mean ± std`` with the std at the mean's precision (just the mean for one seed)."""
+def mean_std(stat: Stat, digits: int | None = None) -> str:
+    """``mean ± std`` with the std at the mean's precision (just the mean for one seed);
+    ``digits``: that many decimals for both."""
     if stat.n == 0:
         return "-"
-    m = fmt(stat.mean)
+    m = fmt(stat.mean, digits)
     if stat.std is None:
         return m
-    decimals = len(m.split(".")[1]) if "." in m and "e" not in m else 4
-    return f"{m} ± {stat.std:.{decimals}f}"
+    if digits is None:
+        digits = len(m.split(".")[1]) if "." in m and "e" not in m else 4
+    return f"{m} ± {stat.std:.{digits}f}"

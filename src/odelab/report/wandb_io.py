@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from odelab.report.runs import Run, _finite
+from odelab.report.runs import Run, _finite, log_dir
 
 log = logging.getLogger(__name__)
 
@@ -283,20 +283,13 @@ def log_summary_run(
     ``wandb.Table`` (``report/table``: the recipe rows; ``report/all``: every row, with its
     section) and the plots (``report/plots/<name>``). Offline without an account; a W&B
     failure is a warning, never an error. Returns the run's directory."""
-    import os
+    import wandb
 
     from odelab.report.render import CSV_HEAD, table_rows
-    from odelab.report.sources import log_dir
-    from odelab.utils.config import configure_wandb_env
+    from odelab.utils.wandb import finish, start
 
-    mode = configure_wandb_env()
     save_dir = Path(save_dir or log_dir() / "report" / report.paper)
     save_dir.mkdir(parents=True, exist_ok=True)
-    try:
-        import wandb
-    except ImportError:  # pragma: no cover - wandb is a dependency
-        log.warning("wandb is not installed: no summary run")
-        return None
     head, body = CSV_HEAD, table_rows(report)
     kwargs = dict(
         project=project or default_project(),
@@ -308,16 +301,8 @@ def log_summary_run(
         config={"paper": report.paper, "sources": report.sources, "runs": len(report.runs)},
         dir=str(save_dir),
     )
-    for attempt in ("as configured", "offline"):
-        try:
-            if attempt == "offline":
-                os.environ["WANDB_MODE"] = "offline"
-            run = wandb.init(**kwargs)
-            break
-        except Exception as e:
-            log.warning("W&B summary run could not start (%s, %s): %s", mode, attempt, e)
-            _finish(wandb, teardown=True)
-    else:
+    run = start(lambda offline: wandb.init(**kwargs), f"W&B summary run of {report.paper}")
+    if run is None:
         return None
     try:
         recipe = [r for r in body if r[0] == "recipe"]
@@ -333,14 +318,4 @@ def log_summary_run(
         log.warning("could not log the report to W&B: %s", e)
         return None
     finally:
-        _finish(wandb)
-
-
-def _finish(wandb, teardown: bool = False) -> None:
-    try:
-        if wandb.run is not None:
-            wandb.finish()
-        if teardown:
-            wandb.teardown()
-    except Exception as e:
-        log.warning("wandb finish failed: %s", e)
+        finish()

@@ -1,9 +1,7 @@
-"""Config helpers: resolvers, the experiment name, and the W&B environment."""
+"""Config helpers: resolvers, composing the config, and hints for unknown keys."""
 
 from __future__ import annotations
 
-import netrc
-import os
 from pathlib import Path
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
@@ -56,26 +54,6 @@ def merge_tags(tags, *extra) -> ListConfig:
         if t is not None and str(t) not in out:
             out.append(str(t))
     return ListConfig(out)  # a container, so OmegaConf.resolve can replace the node in place
-
-
-def wandb_has_credentials() -> bool:
-    if os.environ.get("WANDB_API_KEY"):
-        return True
-    try:
-        auth = netrc.netrc().authenticators("api.wandb.ai")
-    except (FileNotFoundError, netrc.NetrcParseError, OSError):
-        return False
-    return bool(auth and auth[2])
-
-
-def configure_wandb_env() -> str:
-    """Default W&B to offline when no API key is set; never prompt. Returns the mode in force."""
-    os.environ.setdefault("WANDB_SILENT", "true")
-    os.environ.setdefault("WANDB_CONSOLE", "off")
-    os.environ.setdefault("WANDB_INIT_TIMEOUT", "20")  # then fall back to offline
-    if "WANDB_MODE" not in os.environ and not wandb_has_credentials():
-        os.environ["WANDB_MODE"] = "offline"
-    return os.environ.get("WANDB_MODE", "online")
 
 
 def to_container(cfg: DictConfig) -> dict:

@@ -392,41 +392,10 @@ class DURRModule(RestorationModule):
         self.summary["main_mode"] = self.main_mode()
         root = self._run_dir()
         if root is not None and self.summary.get("cells"):
+            from odelab.papers.durr.report import plot_steps
+
             path = plot_steps(self.summary["cells"], root / "steps_vs_level.png")
             if path is not None:
                 from odelab.modules.restoration import log_images_to_wandb
 
                 log_images_to_wandb(self.trainer, "plots/steps_vs_level", [path])
-
-
-def plot_steps(cells: dict[str, dict], path: Path) -> Path | None:
-    """Learned steps (mean +- std) and oracle T against the level, one line per test set."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        log.warning("matplotlib is not installed; no steps-vs-level plot")
-        return None
-    by_set: dict[str, list[tuple[float, dict]]] = {}
-    for g, row in cells.items():
-        name, tag = g.rsplit("_", 1)
-        by_set.setdefault(name, []).append((float(tag[1:]), row))
-    fig, ax = plt.subplots(figsize=(5, 3.5))
-    for name, pts in sorted(by_set.items()):
-        pts.sort(key=lambda p: p[0])
-        lv = [p[0] for p in pts]
-        ax.errorbar(
-            lv, [p[1]["steps"] for p in pts], yerr=[p[1]["steps_std"] for p in pts],
-            marker="o", capsize=3, label=f"{name}: policy",
-        )  # fmt: skip
-        ax.plot(lv, [p[1]["oracle_T"] for p in pts], "--x", label=f"{name}: oracle T")
-    ax.set_xlabel("degradation level (sigma or JPEG quality)")
-    ax.set_ylabel("steps")
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path

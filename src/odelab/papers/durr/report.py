@@ -5,6 +5,8 @@
 seeds, and the reference values of ``reference.yaml`` for the same keys as crosses (for
 DnCNN-B / BM3D these are the DnCNN authors' published BSD68 numbers, the anchors the reference
 file cites; DURR's own table could not be read, see reference.yaml).
+
+:func:`plot_steps` draws one run's ``steps_vs_level.png`` (the DURR module calls it at test end).
 """
 
 from __future__ import annotations
@@ -95,3 +97,29 @@ def plot_psnr_vs_sigma(report: PaperReport, out_dir: Path) -> Path | None:
 
 def plots(report: PaperReport, out_dir: Path) -> list[Path]:
     return [p for p in (plot_psnr_vs_sigma(report, out_dir),) if p]
+
+
+def plot_steps(cells: dict[str, dict], path: Path) -> Path:
+    """Learned steps (mean +- std) and oracle T against the level, one line per test set."""
+    plt = pyplot()
+    by_set: dict[str, list[tuple[float, dict]]] = {}
+    for g, row in cells.items():
+        name, tag = g.rsplit("_", 1)
+        by_set.setdefault(name, []).append((float(tag[1:]), row))
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    for name, pts in sorted(by_set.items()):
+        pts.sort(key=lambda p: p[0])
+        lv = [p[0] for p in pts]
+        ax.errorbar(
+            lv, [p[1]["steps"] for p in pts], yerr=[p[1]["steps_std"] for p in pts],
+            marker="o", capsize=3, label=f"{name}: policy",
+        )  # fmt: skip
+        ax.plot(lv, [p[1]["oracle_T"] for p in pts], "--x", label=f"{name}: oracle T")
+    ax.set_xlabel("degradation level (sigma or JPEG quality)")
+    ax.set_ylabel("steps")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

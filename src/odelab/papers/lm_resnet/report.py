@@ -1,9 +1,14 @@
-"""LM-ResNet's own report plots (the ``odelab.report`` extension point).
+"""LM-ResNet's own report plots and study views (the ``odelab.report`` extension point).
 
 - ``results_k_per_block.png``: the learned k_n of u_{n+1} = (1 - k_n) u_n + k_n u_{n-1} + f_n(u_n)
   per block (mean ± std over seeds; per-channel k averaged over channels), one line per config;
 - ``results_error_vs_params.png``: test error against parameter count, LM-ResNet and ResNet, the
   paper's values at our recipe's parameter count and ours (the paper's Figure/Table 1 view).
+
+Views (``cpu_study.md``, ``compression.md``): the CPU-scale study (``cpu_study.sh``: test
+accuracy mean ± std over seeds, learned k_n per seed) and the parameter-compression analysis
+(``compression_study.sh`` with the CPU study: accuracy against parameters per training scale,
+learned k_n per run, ``k_per_block.png``, ``compression.png``).
 """
 
 from __future__ import annotations
@@ -14,7 +19,10 @@ import statistics
 from pathlib import Path
 
 from odelab.report.plots import finish, group_label, pyplot
-from odelab.report.table import Group, PaperReport, recipe_config
+from odelab.report.render import md_table
+from odelab.report.runs import Run
+from odelab.report.table import Group, PaperReport, Stat, mean_std, recipe_config
+from odelab.report.views import View, by_experiment, seconds_per_epoch
 
 
 @functools.cache
@@ -107,3 +115,99 @@ def plot_error_vs_params(report: PaperReport, out_dir: Path, metric: str = "test
 
 def plots(report: PaperReport, out_dir: Path) -> list[Path]:
     return [p for p in (plot_k(report, out_dir), plot_error_vs_params(report, out_dir)) if p]
+
+
+# -- study views ----------------------------------------------------------------------------------
+def views() -> list[View]:
+    return [
+        View("cpu_study", ("runs/cpu_study",), cpu_study),
+        View("compression", ("runs/cpu_study", "runs/compression"), compression),
+    ]
+
+
+def cpu_study(runs: list[Run], out_dir: Path) -> str:
+    """Test accuracy (%) mean ± std over seeds, per seed and s/epoch; learned k_n per seed."""
+    rows = []
+    for exp, rs in by_experiment(runs).items():
+        accs = [100 * r.metrics["test/acc"] for r in rs]
+        per = ", ".join(f"{a:.2f} (s{r.seed})" for a, r in zip(accs, rs))
+        t = seconds_per_epoch(rs)
+        rows.append([exp, str(len(rs)), mean_std(Stat(accs), 2), per, f"{t:.0f}"])
+    head = ["experiment", "seeds", "test acc (%) mean ± std", "per seed", "s/epoch (fit)"]
+    out = [md_table(head, rows)]
+    for exp, rs in by_experiment(runs).items():
+        if not rs[0].extra.get("k"):
+            continue
+        blocks = sorted(rs[0].extra["k"], key=int)
+        out.append(f"Learned k_n, {exp} (init U(-0.1, 0)); one row per seed:")
+        cells = [[str(r.seed), *(f"{r.extra['k'][b][0]:+.3f}" for b in blocks)] for r in rs]
+        out.append(md_table(["seed", *(f"block {b}" for b in blocks)], cells))
+    return "\n\n".join(out)
+
+
+def scale_of(run: Run) -> str:
+    """The training scale: training files / subset, epochs, test subset."""
+    d, t = run.config["data"], run.config["trainer"]
+    files = d.get("train_files") or ["all"]
+    n_train = d.get("train_subset") or f"{10_000 * len(files)} ({len(files)} CIFAR batch files)"
+    n_test = d.get("test_subset") or "all 10k"
+    return f"train {n_train}, {t['max_epochs']} epochs, test {n_test}"
+
+
+def compression(runs: list[Run], out_dir: Path) -> str:
+    """Accuracy against parameters per (scale, depth, LM or not), learned k_n of every LM run;
+    writes ``k_per_block.png`` and ``compression.png``. Runs that differ in training images,
+    epochs or test images form separate scales and are never compared with each other."""
+    from odelab.papers.lm_resnet import LMResNet
+    from odelab.papers.lm_resnet.analysis import plot_k as plot_k_runs
+
+    groups: dict[tuple, list[Run]] = {}
+    for r in runs:
+        net = r.config["model"]["net"]
+        groups.setdefault((scale_of(r), net["depth"], bool(net["lm"])), []).append(r)
+    rows = []
+    points: dict[tuple[str, bool], list[tuple[int, float]]] = {}
+    for (scale, depth, lm), rs in sorted(groups.items()):
+        kw = {k: v for k, v in rs[0].config["model"]["net"].items() if not k.startswith("_")}
+        net = LMResNet(**kw)
+        params = sum(p.numel() for p in net.parameters())
+        accs = [100 * r.metrics["test/acc"] for r in rs]
+        spread = f" ± {statistics.stdev(accs):.2f}" if len(accs) > 1 else " (one seed)"
+        mean = statistics.mean(accs)
+        name = f"{'LM-ResNet' if lm else 'ResNet'}-{depth}"
+        rows.append([scale, str(depth), name, f"{params:,}", str(len(net.ks)), str(len(rs)),
+                     f"{mean:.2f}{spread}"])  # fmt: skip
+        points.setdefault((scale, lm), []).append((params, mean))
+    head = ["scale", "depth", "network", "params", "LM blocks", "seeds", "test acc (%) mean ± std"]
+    k_runs = {}
+    for r in runs:
+        if r.extra.get("k"):
+            epochs = r.config["trainer"]["max_epochs"]
+            k_runs[f"d{r.config['model']['net']['depth']} s{r.seed} {epochs} ep"] = r.extra["k"]
+    k_rows = []
+    for label, ks in k_runs.items():
+        by_block = sorted(ks.items(), key=lambda t: int(t[0]))
+        k_rows.append(
+            [label, ", ".join(f"{int(b)}: {statistics.mean(v):+.3f}" for b, v in by_block)]
+        )
+    allk = [v for ks in k_runs.values() for vs in ks.values() for v in vs]
+    k_range = f"All learned k_n lie in [{min(allk):+.3f}, {max(allk):+.3f}]." if allk else ""
+    plot_k_runs(k_runs, out_dir / "k_per_block.png", title="learned k_n per block, CPU-scale runs")
+    _plot_compression(points, out_dir / "compression.png")
+    k_table = md_table(["run", "k_n by block (paper convention)"], k_rows)
+    return f"{md_table(head, rows)}\n\n{k_table}\n\n{k_range}"
+
+
+def _plot_compression(points: dict[tuple[str, bool], list], path: Path) -> None:
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(6.0, 3.4), dpi=100)
+    for (scale, lm), pts in sorted(points.items()):
+        label = f"{'LM-ResNet' if lm else 'ResNet'} ({scale})"
+        ax.plot(*zip(*sorted(pts)), marker="o" if lm else "s", ls="-" if lm else "--", label=label)
+    ax.set_xlabel("parameters")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title("accuracy vs parameters, CPU scale (widths 8/16/32)", fontsize=9)
+    ax.legend(fontsize=6)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)

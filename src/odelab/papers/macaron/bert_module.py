@@ -165,11 +165,10 @@ class BertPretrainModule(_Base):
         self._step(batch, "test")
 
     def _log(self, split: str) -> None:
-        for name in ("loss", "mlm_loss", "mlm_acc", "nsp_acc"):
+        for name in ("loss", "mlm_loss", "mlm_acc", "nsp_acc"):  # Lightning computes, resets
             metric = self.metrics[f"{split}_{name}"]
-            if metric.update_count:
-                self.log(f"{split}/{name}", metric.compute(), sync_dist=True)
-            metric.reset()
+            if metric.update_count:  # nsp_acc only with NSP on
+                self.log(f"{split}/{name}", metric)
 
     def on_train_epoch_end(self):
         self._log("train")
@@ -272,12 +271,10 @@ class GlueModule(_Base):
         self._step(batch, "test")
 
     def _log(self, split: str) -> None:
-        self.log(f"{split}/loss", self.mean_loss[f"{split}_"].compute(), sync_dist=True)
-        self.mean_loss[f"{split}_"].reset()
+        self.log(f"{split}/loss", self.mean_loss[f"{split}_"])
         for name, metric in self.scores.items():
             if name.startswith(split):
-                self.log(f"{split}/{name.split('_', 1)[1]}", metric.compute(), sync_dist=True)
-                metric.reset()
+                self.log(f"{split}/{name.split('_', 1)[1]}", metric)
 
     def on_train_epoch_end(self):
         self._log("train")

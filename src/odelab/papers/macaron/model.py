@@ -12,6 +12,8 @@ parameter count matches the baseline up to one extra bias and one extra LayerNor
 
 from __future__ import annotations
 
+import inspect
+
 from odelab.nn.transformer import Seq2SeqTransformer, Step, standard_steps
 
 
@@ -59,7 +61,9 @@ class MacaronTransformer(Seq2SeqTransformer):
                 "share_ffn_params=true is not the Macaron layer: the official code keeps the two "
                 "half-step FFNs separate (see speechbrain/speechbrain#621); set it to false"
             )
-        ffn_dim = kw.get("ffn_dim", 1024)
+        base = inspect.signature(Seq2SeqTransformer).bind(*args, **kw)  # ffn_dim by position too
+        base.apply_defaults()
+        a, ffn_dim = base.arguments, base.arguments["ffn_dim"]
         if macaron:
             opts = dict(
                 half_step_scale=half_step_scale,
@@ -67,10 +71,10 @@ class MacaronTransformer(Seq2SeqTransformer):
                 act_first_ffn=act_first_ffn,
                 act_second_ffn=act_second_ffn,
             )
-            kw["encoder_steps"] = macaron_steps(ffn_dim, False, **opts)
-            kw["decoder_steps"] = macaron_steps(ffn_dim, True, **opts)
+            a["encoder_steps"] = macaron_steps(ffn_dim, False, **opts)
+            a["decoder_steps"] = macaron_steps(ffn_dim, True, **opts)
         else:
-            kw["encoder_steps"] = standard_steps(ffn_dim, False, act_second_ffn)
-            kw["decoder_steps"] = standard_steps(ffn_dim, True, act_second_ffn)
-        super().__init__(*args, **kw)
+            a["encoder_steps"] = standard_steps(ffn_dim, False, act_second_ffn)
+            a["decoder_steps"] = standard_steps(ffn_dim, True, act_second_ffn)
+        super().__init__(**a)
         self.macaron = macaron

@@ -1,4 +1,4 @@
-"""Macaron's report plot (the ``odelab.report`` extension point): BLEU per setting.
+"""Macaron's report plot and study view (the ``odelab.report`` extension point).
 
 ``results_macaron_vs_transformer.png``: per task (``iwslt14``, ``wmt14_base``, ``multi30k``,
 ...: the setting name without its ``macaron_`` / ``transformer_`` prefix), Macaron beside the
@@ -6,6 +6,9 @@ Transformer baseline: the paper's value (hatched) and ours (mean ± std over see
 per config; a different config than the recipe is labelled by its hash). One panel per metric
 that has any value: test BLEU, and test perplexity (the only number small CPU runs give that
 is not at the noise floor).
+
+View ``cpu_study.md`` (``cpu_study.sh``): Macaron vs Transformer on Multi30k, validation and
+test loss/BLEU mean ± std over seeds, and seconds per epoch.
 """
 
 from __future__ import annotations
@@ -13,7 +16,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from odelab.report.plots import finish, pyplot
-from odelab.report.table import PaperReport
+from odelab.report.render import md_table
+from odelab.report.runs import Run
+from odelab.report.table import PaperReport, Stat, mean_std
+from odelab.report.views import View, by_experiment, seconds_per_epoch
 
 METRICS = {"test/bleu": "test BLEU", "test/ppl": "test perplexity"}
 
@@ -91,3 +97,27 @@ def plot_macaron_vs_transformer(report: PaperReport, out_dir: Path) -> Path | No
 
 def plots(report: PaperReport, out_dir: Path) -> list[Path]:
     return [p for p in (plot_macaron_vs_transformer(report, out_dir),) if p]
+
+
+def views() -> list[View]:
+    return [View("cpu_study", ("runs/cpu_study",), cpu_study)]
+
+
+STUDY_COLUMNS = [  # metric, column, decimals
+    ("val/loss", "val loss (LS-CE)", 3),
+    ("val/nll", "val NLL (nats/token)", 3),
+    ("val/bleu", "val tok-lc BLEU (greedy)", 2),
+    ("val/sacrebleu", "val sacreBLEU -lc (greedy)", 2),
+    ("test/bleu", "test tok-lc BLEU (beam 5)", 2),
+    ("test/sacrebleu", "test sacreBLEU -lc (beam 5)", 2),
+]
+
+
+def cpu_study(runs: list[Run], out_dir: Path) -> str:
+    """Per experiment: seeds, each metric of :data:`STUDY_COLUMNS` mean ± std, s/epoch."""
+    rows = []
+    for exp, rs in by_experiment(runs).items():
+        cells = [mean_std(Stat([r.metrics[k] for r in rs]), d) for k, _, d in STUDY_COLUMNS]
+        rows.append([exp, str(len(rs)), *cells, f"{seconds_per_epoch(rs):.0f}"])
+    head = ["experiment", "seeds", *(c[1] for c in STUDY_COLUMNS), "s/epoch (fit)"]
+    return md_table(head, rows)

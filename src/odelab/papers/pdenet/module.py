@@ -247,6 +247,8 @@ class StagedPDELearner(pl.LightningModule):
         t = np.arange(next(iter(bands.values())).shape[1]) * dt
         np.savez(out / "rollout_bands.npz", t=t, **{k: v for k, v in bands.items()})
         path = out / "rollout_bands.png"
+        from odelab.papers.pdenet.report import plot_bands
+
         plot_bands({"": (t, bands)}, path, title=self.__class__.__name__)
         self.summary["rollout_plot"] = str(path)
         for lg in self.loggers:
@@ -259,28 +261,6 @@ class StagedPDELearner(pl.LightningModule):
     def results_summary(self) -> dict:
         """Recovered coefficients / expressions and rollout bands, for results.json."""
         return {"pdenet": _jsonable(self.summary)}
-
-
-def plot_bands(runs: dict[str, tuple[np.ndarray, dict]], path: Path, title: str = "") -> None:
-    """Median and 25–75 % band of the relative error against time, log y (``errs_compare.py``)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for run, (t, bands) in runs.items():
-        for name, b in bands.items():
-            label = f"{run} {name}".strip()
-            (line,) = ax.semilogy(t, b[1], label=label)
-            ax.fill_between(t, b[0], b[2], color=line.get_color(), alpha=0.25)
-    ax.set_xlabel("t")
-    ax.set_ylabel("relative error (25/50/75 %)")
-    ax.set_title(title)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
 
 
 def _jsonable(x):

@@ -7,6 +7,7 @@ final model of each; then one panel per setting/config with the final model and 
 models (``stage<s>_blocks<n>``: the model after stage s, n δt-blocks). Read from the
 ``rollout_bands.npz`` each test run writes in its run directory (kept copies:
 ``<record>_bands.npz`` next to ``<record>.json``); a run without one draws nothing.
+:func:`plot_bands` draws one run's ``rollout_bands.png`` (the module calls it at test end).
 """
 
 from __future__ import annotations
@@ -82,3 +83,25 @@ def plot_rollout_bands(report: PaperReport, out_dir: Path) -> Path | None:
 
 def plots(report: PaperReport, out_dir: Path) -> list[Path]:
     return [p for p in (plot_rollout_bands(report, out_dir),) if p]
+
+
+def plot_bands(runs: dict[str, tuple[np.ndarray, dict]], path: Path, title: str = "") -> None:
+    """Median and 25–75 % band of the relative error against time, log y (``errs_compare.py``)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for run, (t, bands) in runs.items():
+        for name, b in bands.items():
+            label = f"{run} {name}".strip()
+            (line,) = ax.semilogy(t, b[1], label=label)
+            ax.fill_between(t, b[0], b[2], color=line.get_color(), alpha=0.25)
+    ax.set_xlabel("t")
+    ax.set_ylabel("relative error (25/50/75 %)")
+    ax.set_title(title)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

@@ -1,7 +1,7 @@
 """YOPO (Zhang et al., NeurIPS 2019) and its adversarial-training peers (PGD, Free, Fast)."""
 
-from odelab.papers.yopo.attacks import FGSM, PGD, Attack, TRADESAttack
-from odelab.papers.yopo.module import AdversarialTraining, autoattack_accuracy
+from odelab.papers.yopo.attacks import FGSM, PGD, Attack, TRADESAttack, autoattack_accuracy
+from odelab.papers.yopo.module import AdversarialTraining
 from odelab.papers.yopo.networks import LayerOneNet, PreActResNet18, SmallCNN, WideResNet
 from odelab.papers.yopo.yopo import yopo_step
 

@@ -105,3 +105,27 @@ class TRADESAttack(Attack):
             (grad,) = torch.autograd.grad(trades_kl(self.model(x_adv), p_clean), x_adv)
             x_adv = self.project(x, x_adv.detach() + self.alpha * grad.sign())
         return x_adv
+
+
+def autoattack_accuracy(model: nn.Module, x, y, eps: float, batch: int = 250) -> float:
+    """Accuracy under torchattacks' AutoAttack (standard: APGD-CE, APGD-T, FAB-T, Square)."""
+    try:
+        import torchattacks
+    except ImportError as e:  # a dev dependency, installed without its torchvision pin
+        raise ImportError(
+            "autoattack_n > 0 needs torchattacks: pip install --no-deps torchattacks==3.5.1 "
+            "(its torchvision requirement is never imported; see experiments/yopo/README.md)"
+        ) from e
+    was = model.training
+    model.eval()
+    try:
+        atk = torchattacks.AutoAttack(model, norm="Linf", eps=eps, version="standard",
+                                      n_classes=model.num_classes, seed=0)  # fmt: skip
+        correct = 0
+        for i in range(0, len(y), batch):
+            adv = atk(x[i : i + batch], y[i : i + batch])
+            with torch.no_grad():
+                correct += (model(adv).argmax(1) == y[i : i + batch]).sum().item()
+        return correct / len(y)
+    finally:
+        model.train(was)

@@ -41,7 +41,7 @@ from torch import nn
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
-from odelab.papers.yopo.attacks import FGSM, PGD, TRADESAttack
+from odelab.papers.yopo.attacks import FGSM, PGD, TRADESAttack, autoattack_accuracy
 from odelab.papers.yopo.yopo import trades_kl, trades_yopo_adversary, yopo_step
 
 log = logging.getLogger(__name__)
@@ -399,27 +399,3 @@ class AdversarialTraining(pl.LightningModule):
                 else:
                     scheds.append(self.scheduler_factory(optimizer=opt))
         return opts, scheds
-
-
-def autoattack_accuracy(model: nn.Module, x, y, eps: float, batch: int = 250) -> float:
-    """Accuracy under torchattacks' AutoAttack (standard: APGD-CE, APGD-T, FAB-T, Square)."""
-    try:
-        import torchattacks
-    except ImportError as e:  # a dev dependency, installed without its torchvision pin
-        raise ImportError(
-            "autoattack_n > 0 needs torchattacks: pip install --no-deps torchattacks==3.5.1 "
-            "(its torchvision requirement is never imported; see experiments/yopo/README.md)"
-        ) from e
-    was = model.training
-    model.eval()
-    try:
-        atk = torchattacks.AutoAttack(model, norm="Linf", eps=eps, version="standard",
-                                      n_classes=model.num_classes, seed=0)  # fmt: skip
-        correct = 0
-        for i in range(0, len(y), batch):
-            adv = atk(x[i : i + batch], y[i : i + batch])
-            with torch.no_grad():
-                correct += (model(adv).argmax(1) == y[i : i + batch]).sum().item()
-        return correct / len(y)
-    finally:
-        model.train(was)
