@@ -566,11 +566,11 @@ def prepare(plan: Plan, data_dir: Path, dest: Path, wheels: bool = True) -> dict
 
     dest.mkdir(parents=True, exist_ok=True)
     manifest: dict[str, Any] = {"plan": plan.name, "files": {}, "parts": [], "cache": []}
-    items: list[tuple[str, Path]] = [
-        (str(f.relative_to(data_dir)), f) for f in data_files(plan, data_dir)
-    ]
-    # prepared caches (a datamodule with a cache_file under the checkout's data/ folder)
+    # prepared caches first (a datamodule with a cache_file under the checkout's data/ folder,
+    # e.g. the BPE-encoded Multi30k): small, and their runs need nothing else of the data
     import hydra
+
+    items: list[tuple[str, Path]] = []
 
     for e in plan.ordered():
         if e.experiment is None:
@@ -586,9 +586,10 @@ def prepare(plan: Plan, data_dir: Path, dest: Path, wheels: bool = True) -> dict
         except ValueError:
             log.warning("%s: cache %s is outside the checkout's data/: not packed", e.id, cache)
             continue
-        if str(rel) not in dict(items):
+        if "@repo_data/" + str(rel) not in dict(items):
             items.append(("@repo_data/" + str(rel), Path(cache)))
             manifest["cache"].append(str(rel))
+    items += [(str(f.relative_to(data_dir)), f) for f in data_files(plan, data_dir)]
     part, size, n = None, 0, 0
     for rel, f in items:
         blob = lzma.compress(f.read_bytes(), preset=6)
