@@ -219,7 +219,7 @@ def test_durr_psnr_per_sigma_from_kept_records(tmp_path, drawn):
     assert {d["experiment"] for d in data} == set(files)
     for d in data:  # one run per config here: the mean is that run's value
         sig, means, _ = d["curves"]["BSD68"]
-        assert sig == [15, 25, 35, 45, 55] and (sig, means) in files[d["experiment"]]
+        assert sig and (sig, means) in files[d["experiment"]]  # the levels each record tested
     path = plot_psnr_vs_sigma(rep, tmp_path)
     assert path == tmp_path / "results_psnr_vs_sigma.png" and is_png(path)
     (fig,) = drawn
