@@ -210,11 +210,11 @@ def test_prepare_packs_data_in_parts_and_unpack_restores_it(tmp_path, monkeypatc
     plan = C.Plan(name="p", path=Path("p.yaml"),
                   entries=[C.Entry(id="a", command="true", needs=["set"])])  # fmt: skip
     monkeypatch.setattr(C, "PART_MAX", 70_000)  # random bytes do not compress: 2 files a part
-    m = C.prepare(plan, data, tmp_path / ".device", wheels=False)
+    m = C.prepare(plan, data, tmp_path / ".device" / "p", wheels=False)
     assert m["parts"] == ["part01", "part02"] and set(m["files"]) == set(blobs)
     dest = tmp_path / "device-data"
     # part 2 not carried yet: only part 1's files arrive
-    part2 = tmp_path / ".device" / "part02"
+    part2 = tmp_path / ".device" / "p" / "part02"
     part2.rename(tmp_path / "later")
     first = C.unpack(tmp_path / ".device", dest)
     assert first and all(m["files"][r]["part"] == "part01" for r in first)

@@ -13,8 +13,9 @@ if [ -d .device/wheels ] && [ ! -f "$SITE/.done" ]; then
     --target "$SITE" .device/wheels/*.whl && touch "$SITE/.done" || { echo "wheels failed"; exit 3; }
 fi
 export PYTHONPATH="$PWD/src:$SITE${PYTHONPATH:+:$PYTHONPATH}"
-if [ -f .device/manifest.json ]; then  # no .git travels: the commit the parts were made at
-  ODELAB_GIT_COMMIT=$(python3 -c "import json; print(json.load(open('.device/manifest.json'))['commit'])")
+MANIFEST=$(ls .device/*/manifest.json 2>/dev/null | head -1)
+if [ -n "$MANIFEST" ]; then  # no .git travels: the commit the parts were made at
+  ODELAB_GIT_COMMIT=$(python3 -c "import json, sys; print(json.load(open(sys.argv[1]))['commit'])" "$MANIFEST")
   export ODELAB_GIT_COMMIT
   python3 -m odelab.campaign unpack .device || exit 4
 fi

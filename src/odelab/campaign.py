@@ -12,7 +12,7 @@ machine, continues them. Back here, ``keep`` puts the records under
 
     python -m odelab.campaign check PLAN                 # validate, compose, find the data
     python -m odelab.campaign run PLAN --out DIR [--budget-min M] [--dry-run]
-    python -m odelab.campaign prepare PLAN --data-dir ../shared/data   # .device/: wheels, data
+    python -m odelab.campaign prepare PLAN --data-dir ../shared/data   # .device/<plan>: parts
     python -m odelab.campaign unpack .device             # on the GPU machine: parts -> data/
     python -m odelab.campaign keep DIR                   # the returned records -> experiments/
 
@@ -613,13 +613,49 @@ def prepare(plan: Plan, data_dir: Path, dest: Path, wheels: bool = True) -> dict
             f.stat().st_size / 2**20,
             len(blob) / 2**20,
         )
-    if wheels:
-        w = dest / "wheels"
+    if wheels:  # shared by every plan's folder: .device/wheels
+        w = dest.parent / "wheels"
         w.mkdir(exist_ok=True)
         _download_wheels(w)
     manifest["commit"] = _git_commit()  # the device gets a copy of the tree without .git
     (dest / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
     return manifest
+
+
+def _size(path: Path) -> int:
+    return (
+        sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+        if path.is_dir()
+        else (path.stat().st_size if path.is_file() else 0)
+    )
+
+
+def tree_size() -> int:
+    """Bytes of the working tree a device call sends (tracked + untracked, not ignored)."""
+    out = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=REPO_ROOT,
+                         capture_output=True, timeout=30).stdout  # fmt: skip
+    return sum(_size(REPO_ROOT / f) for f in out.decode().split("\0") if f)
+
+
+def carry_table(dest: Path, plan: Plan) -> str:
+    """One device call per data part: what it carries and how big the call is (the working
+    tree travels with every call; 64 MiB in all)."""
+    rel = dest.resolve().relative_to(REPO_ROOT.resolve()) if dest.resolve().is_relative_to(
+        REPO_ROOT.resolve()) else dest  # fmt: skip
+    parts = sorted(dest.glob("part*"))
+    tree = tree_size()
+    lines = [f"device calls for plan {plan.name} (working tree {tree / 2**20:.1f} MiB each):"]
+    for i, part in enumerate(parts, 1):
+        carry = ([str(rel.parent / "wheels")] if i == 1 else []) + [
+            str(rel / "manifest.json"), str(rel / part.name)]  # fmt: skip
+        total = tree + sum(_size(REPO_ROOT / c) for c in carry)
+        flag = "" if total <= 64 * 2**20 else "  <-- over the 64 MiB a call carries"
+        lines.append(f"  call {i}: carry {carry} ({total / 2**20:.1f} MiB){flag}")
+    last = f"bash experiments/campaign/device.sh {plan.path} --budget-min <minutes>"
+    lines.append(
+        f"  each call: {last} (or `... device.sh unpack`); experiments/campaign/README.md"
+    )
+    return "\n".join(lines)
 
 
 def _git_commit() -> str | None:
@@ -645,7 +681,17 @@ def _download_wheels(dest: Path) -> None:
 
 def unpack(src: Path, data_dir: Path) -> list[str]:
     """On the device: decompress every carried part's files into ``data_dir`` (and prepared
-    caches into the checkout's ``data/``), skipping files already there with the right md5."""
+    caches into the checkout's ``data/``), skipping files already there with the right size.
+    ``src`` holds a ``manifest.json`` or plan folders that do (``.device/<plan>/``)."""
+    manifests = (
+        [src / "manifest.json"]
+        if (src / "manifest.json").is_file()
+        else sorted(src.glob("*/manifest.json"))
+    )
+    return [r for m in manifests for r in _unpack_one(m.parent, data_dir)]
+
+
+def _unpack_one(src: Path, data_dir: Path) -> list[str]:
     manifest = json.loads((src / "manifest.json").read_text())
     done = []
     for rel, meta in manifest["files"].items():
@@ -736,7 +782,7 @@ def build_parser() -> argparse.ArgumentParser:
                 help="run what has its data; entries waiting for data are skipped",
             )
         if name == "prepare":
-            s.add_argument("--dest", default=str(REPO_ROOT / ".device"))
+            s.add_argument("--dest", default=None, help="default: .device/<plan name>")
             s.add_argument("--no-wheels", action="store_true")
     u = sub.add_parser("unpack")
     u.add_argument("src", nargs="?", default=str(REPO_ROOT / ".device"))
@@ -770,11 +816,12 @@ def main(argv: list[str] | None = None) -> int:
         runs_dir = Path(a.runs_dir or REPO_ROOT / "logs" / "campaign" / plan.name).resolve()
         budget = a.budget_min if a.budget_min is not None else plan.budget_min
         if a.cmd == "prepare":
-            m = prepare(plan, data_dir, Path(a.dest), wheels=not a.no_wheels)
+            dest = Path(a.dest or REPO_ROOT / ".device" / plan.name)
+            m = prepare(plan, data_dir, dest, wheels=not a.no_wheels)
             print(
-                f"{a.dest}: parts {m['parts']}, caches {m['cache']}; "
-                "recipe: experiments/campaign/README.md"
+                f"{dest}: parts {m['parts']}, caches {m['cache']}; wheels in {dest.parent}/wheels"
             )
+            print(carry_table(dest, plan))
             return 0
         table, runnable = _table(plan, runs_dir, data_dir, budget)
         print(table, flush=True)
