@@ -19,6 +19,10 @@ COVERED_EXPERIMENTS = [
     "dncnn_denoise",
     "durr_denoise_lite",
     "bm3d_denoise",
+    "durr_jpeg_lite",
+    "dncnn_denoise_lite",
+    "dncnn_jpeg_lite",
+    "bm3d_denoise_lite",
 ]
 
 needs_shared = pytest.mark.skipif(
@@ -346,6 +350,10 @@ _SMALL = {
     "durr_denoise_lite": ["data.test_levels=[25,55]"],
     "dncnn_denoise": ["model.net.depth=4", "model.net.channels=8"],
     "bm3d_denoise": ["data.test_levels=[25,50]"],
+    "durr_jpeg_lite": ["data.test_levels=[5,40]"],
+    "dncnn_denoise_lite": ["data.test_levels=[25,55]"],
+    "dncnn_jpeg_lite": ["data.test_levels=[5,40]"],
+    "bm3d_denoise_lite": ["data.test_levels=[25,55]"],
 }
 
 
