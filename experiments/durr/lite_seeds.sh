@@ -16,7 +16,7 @@ OUT=${2:-logs/durr_lite_seeds}
 SEEDS=${3:-0 1 2}
 STUDIES=${4:-jpeg denoise}
 PY=${PYTHON:-.venv/bin/python}
-KEEP=experiments/durr/runs/lite_seeds
+KEEP=${KEEP:-experiments/durr/runs/lite_seeds}
 export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 WANDB_MODE=${WANDB_MODE:-offline}
 
 one() {  # one() EXPERIMENT SEED
