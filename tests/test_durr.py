@@ -466,7 +466,8 @@ def test_lite_table_claims_on_known_cells():
 
     def cell(psnr, steps, best, oracle):
         return {"psnr": psnr, "steps": steps, "psnr_sched": psnr, "psnr_bestT": best,
-                "psnr_oracle": oracle, "oracle_T": 3, "best_T_ref": 5}  # fmt: skip
+                "psnr_oracle": oracle, "oracle_T": 3, "best_T_ref": 5,
+                "fixed_curve": [psnr - 5, psnr]}  # fmt: skip
 
     # denoise: train sigma in [10, 35]; 45 unseen
     good = {"S_s15": cell(30.0, 3, 29.0, 30.1), "S_s25": cell(28.0, 5, 28.0, 28.2),
@@ -487,6 +488,7 @@ def test_lite_table_claims_on_known_cells():
     mean, std, n = rows[2]["psnr"]
     assert (mean, n) == (22.5, 2) and std == pytest.approx(math.sqrt(4.5))
     assert rows[2]["dncnn"] == (23.0, 0.0, 1) and rows[2]["bm3d"] is None
+    assert rows[2]["psnr_input"][0] == 17.5  # T = 0 of the fixed-T curves: (19 + 16) / 2
     # JPEG: degradation grows as the quality falls, so steps must grow towards QF 5
     q = {"S_q40": cell(32.0, 3, 32.0, 32.0), "S_q10": cell(27.0, 6, 27.0, 27.1),
          "S_q5": cell(25.0, 8, 24.9, 25.1)}  # fmt: skip
@@ -585,3 +587,33 @@ def test_report_plots_of_the_kept_lite_records(tmp_path):
     assert oracle[1] == pytest.approx(statistics.mean(c["oracle_T"] for c in cells))
     names = sorted(p.name for p in plots(rep, tmp_path))
     assert "results_psnr_vs_quality.png" in names and "results_steps_vs_level.png" in names
+
+
+def test_kept_lite_records_rebuild_the_readme_tables():
+    """The three-seed records in experiments/durr/runs/lite_seeds give the README's tables and
+    claim lines verbatim; the superseded single-seed records still give the numbers the README
+    quotes for them (old noise draws)."""
+    from conftest import ROOT
+
+    lt = _lite_table()
+    durr = ROOT / "experiments" / "durr"
+    readme = (durr / "README.md").read_text()
+    recs = lt.load_records(durr / "runs" / "lite_seeds")
+    for task, n_rows in (("denoise", 5), ("jpeg", 10)):
+        rows = lt.study_rows(recs, task)
+        assert len(rows) == n_rows and all(r["psnr"][2] == 3 for r in rows), task  # 3 seeds
+        for line in lt.markdown_table(rows, task) + lt.markdown_claims(
+            lt.claims(recs, task), task
+        ):
+            assert line in readme, line
+    den = {c["seed"]: c for c in lt.claims(recs, "denoise")}
+    assert all(c["a"] and c["b"] and not c["c"] for c in den.values())  # as the README says
+    jp = lt.claims(recs, "jpeg")
+    assert len(jp) == 6 and not any(c["a"] or c["b"] for c in jp) and all(c["c"] for c in jp)
+    old = lt.load_records(durr / "superseded_old_noise" / "cpu_study_v1_no_explore_starts")
+    (v1,) = lt.claims(old, "denoise")
+    assert [round(s, 1) for s in v1["steps"]] == [5.0, 5.0, 5.8, 6.0, 6.0]
+    assert [round(r["psnr"][0], 2) for r in lt.study_rows(old, "denoise")] == [
+        27.90, 26.62, 24.43, 21.84, 19.22
+    ]  # fmt: skip
+    assert [round(g, 2) for g in v1["c_gap"]] == [1.17, 0.0, 0.67]

@@ -66,9 +66,10 @@ def study_rows(records: list[dict], task: str) -> list[dict]:
     """One row per (test set, level) of the ``task`` study, least degraded level first.
 
     Each row: ``set``, ``level``, ``seen``, then ``(mean, std, n)`` over the DURR seeds of
-    ``psnr`` (learned stopping), ``steps``, ``psnr_sched``, ``psnr_bestT``, ``psnr_oracle``, the
-    per-seed lists ``oracle_T`` and ``best_T``, and ``(mean, std, n)`` of the DnCNN seeds'
-    ``dncnn`` and of ``bm3d`` (None where there is no such record).
+    ``psnr_input`` (the degraded input, T = 0 of the fixed-T curve), ``psnr`` (learned
+    stopping), ``steps``, ``psnr_sched``, ``psnr_bestT``, ``psnr_oracle``; the per-seed lists
+    ``oracle_T`` and ``best_T``; ``(mean, std, n)`` over the DnCNN seeds (``dncnn``) and the
+    BM3D runs (``bm3d``), None where there is no such record.
     """
     mine = [r for r in records if r["config"]["data"]["task"] == task]
     by_role: dict[str, list[dict]] = {"durr": [], "dncnn": [], "bm3d": []}
@@ -84,6 +85,7 @@ def study_rows(records: list[dict], task: str) -> list[dict]:
     rows = []
     for key in keys:
         row = {"set": key[0], "level": key[1], "seen": lo <= key[1] <= hi}
+        row["psnr_input"] = _stat([c[key]["fixed_curve"][0] for c in durr])  # x_0 = y
         for name in ("psnr", "steps", "psnr_sched", "psnr_bestT", "psnr_oracle"):
             row[name] = _stat([c[key][name] for c in durr])
         row["oracle_T"] = [c[key]["oracle_T"] for c in durr]
@@ -135,14 +137,14 @@ def claims(records: list[dict], task: str) -> list[dict]:
                     "c_gap": gap,
                 }
             )
-    return out
+    return sorted(out, key=lambda c: (c["set"], c["seed"] or 0))
 
 
 def _pm(stat: tuple[float, float, int] | None, digits: int = 2) -> str:
     if stat is None:
         return "-"
-    mean, std, n = stat
-    return f"{mean:.{digits}f} ± {std:.{digits}f}" if n > 1 else f"{mean:.{digits}f}"
+    mean, std, n = stat  # the same value in every seed (e.g. the degraded input): no "± 0"
+    return f"{mean:.{digits}f} ± {std:.{digits}f}" if n > 1 and std else f"{mean:.{digits}f}"
 
 
 def _ts(ts: list) -> str:
@@ -153,14 +155,15 @@ def markdown_table(rows: list[dict], task: str) -> list[str]:
     """The study table (mean ± std over seeds; T per seed) as markdown lines."""
     lv = "sigma" if task == "denoise" else "QF"
     head = (
-        f"| set | {lv} | DURR learned | learned steps | hand-set T({lv}) | "
+        f"| set | {lv} | input | DURR learned | learned steps | hand-set T({lv}) | "
         "best fixed T | best T (per seed) | oracle T | oracle T (per seed) | DnCNN | BM3D |"
     )
-    lines = [head, "|" + "---|" * 11]
+    lines = [head, "|" + "---|" * 12]
     for r in rows:
         tag = f"{r['level']:g}" + ("" if r["seen"] else " (unseen)")
         lines.append(
-            f"| {r['set']} | {tag} | {_pm(r['psnr'])} | {_pm(r['steps'], 1)} | "
+            f"| {r['set']} | {tag} | {_pm(r['psnr_input'])} | {_pm(r['psnr'])} | "
+            f"{_pm(r['steps'], 1)} | "
             f"{_pm(r['psnr_sched'])} | {_pm(r['psnr_bestT'])} | {_ts(r['best_T'])} | "
             f"{_pm(r['psnr_oracle'])} | {_ts(r['oracle_T'])} | {_pm(r['dncnn'])} | "
             f"{_pm(r['bm3d'])} |"
@@ -179,7 +182,7 @@ def markdown_claims(rows: list[dict], task: str) -> list[str]:
     for c in rows:
         steps = " → ".join(f"{s:.1f}" for s in c["steps"])
         margin = ", ".join(f"{m:+.2f}" for m in c["b_margin"])
-        gap = ", ".join(f"{g:.2f}" for g in c["c_gap"])
+        gap = ", ".join(f"{g:.2f}".replace("-0.00", "0.00") for g in c["c_gap"])
         lines.append(
             f"| {c['set']} | {c['seed']} | {yes[c['a']]} ({steps}) | {yes[c['b']]} ({margin} dB) "
             f"| {yes[c['b_dncnn']]} | {yes[c['c']]} ({gap} dB) |"
