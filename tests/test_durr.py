@@ -571,15 +571,19 @@ def test_report_plots_of_the_kept_lite_records(tmp_path):
     if not any(r.experiment == "durr_jpeg_lite" for r in runs):
         pytest.skip("no kept durr_jpeg_lite records")
     rep = build("durr", runs, recipe=lambda experiment: None)
-    files = [json.loads(f.read_text()) for f in kept.rglob("*.json")]
-    jpeg = [f for f in files if f["experiment"] == "durr_jpeg_lite"]
-    (q,) = [d for d in psnr_per_sigma(rep, "q") if d["experiment"] == "durr_jpeg_lite"]
+    files = [json.loads(f.read_text()) for f in (kept / "lite_seeds").rglob("*.json")]
+    jpeg = [f for f in files if f["experiment"] == "durr_jpeg_lite"]  # the 3 seeds, one config
+    (q,) = [
+        d for d in psnr_per_sigma(rep, "q") if d["experiment"] == "durr_jpeg_lite" and d["n"] == 3
+    ]
     levels, means, _ = q["curves"]["LIVE1"]
     assert levels == [5, 10, 20, 30, 40] and q["n"] == len(jpeg)
     assert means[0] == pytest.approx(
         statistics.mean(f["metrics"]["test/psnr_LIVE1_q5"] for f in jpeg)
     )
-    (st,) = [d for d in steps_per_level(rep) if d["experiment"] == "durr_jpeg_lite"]
+    (st,) = [
+        d for d in steps_per_level(rep) if d["experiment"] == "durr_jpeg_lite" and d["n"] == 3
+    ]
     lv, steps, _, oracle, _ = st["curves"]["classic5"]
     assert st["kind"] == "q" and lv == levels
     cells = [f["restoration"]["cells"]["classic5_q10"] for f in jpeg]
@@ -617,3 +621,14 @@ def test_kept_lite_records_rebuild_the_readme_tables():
         27.90, 26.62, 24.43, 21.84, 19.22
     ]  # fmt: skip
     assert [round(g, 2) for g in v1["c_gap"]] == [1.17, 0.0, 0.67]
+    abl = durr / "runs" / "jpeg_policy_ablation"
+    held = {}
+    for name in ("durr_jpeg_lite_dqn3x_s0", "durr_jpeg_lite_policy64_s0"):
+        cl = lt.claims(lt.load_records(abl / name), "jpeg")
+        held[name] = {c["set"]: (c["a"], c["b"], c["c"]) for c in cl}
+        steps = {c["set"]: ", ".join(f"{s:.1f}" for s in c["steps"]) for c in cl}
+        assert all(v in readme for v in steps.values() if len(set(v.split(", "))) > 1), steps
+    assert held["durr_jpeg_lite_dqn3x_s0"] == {"LIVE1": (False, False, True),
+                                               "classic5": (False, False, True)}  # fmt: skip
+    assert held["durr_jpeg_lite_policy64_s0"] == {"LIVE1": (False, False, True),
+                                                  "classic5": (True, False, True)}  # fmt: skip
