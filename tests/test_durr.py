@@ -19,6 +19,10 @@ COVERED_EXPERIMENTS = [
     "dncnn_denoise",
     "durr_denoise_lite",
     "bm3d_denoise",
+    "durr_jpeg_lite",
+    "dncnn_denoise_lite",
+    "dncnn_jpeg_lite",
+    "bm3d_denoise_lite",
 ]
 
 needs_shared = pytest.mark.skipif(
@@ -346,6 +350,10 @@ _SMALL = {
     "durr_denoise_lite": ["data.test_levels=[25,55]"],
     "dncnn_denoise": ["model.net.depth=4", "model.net.channels=8"],
     "bm3d_denoise": ["data.test_levels=[25,50]"],
+    "durr_jpeg_lite": ["data.test_levels=[5,40]"],
+    "dncnn_denoise_lite": ["data.test_levels=[25,55]"],
+    "dncnn_jpeg_lite": ["data.test_levels=[5,40]"],
+    "bm3d_denoise_lite": ["data.test_levels=[25,55]"],
 }
 
 
@@ -429,22 +437,198 @@ def test_two_stages_through_restorer_ckpt(run_experiment, tiny_restoration):
     assert any(not torch.equal(s1[k], s2[k]) for k in s1 if k.startswith("policy."))
 
 
-def test_kept_study_runs_rebuild_the_readme_table(capsys):
-    """The CPU-study records in experiments/durr/runs aggregate to the README's table."""
+# ---- the CPU-scale studies (experiments/durr/lite_table.py, kept records) ---------------------
+def _lite_table():
     import importlib.util
 
     from conftest import ROOT
 
-    path = ROOT / "experiments" / "durr" / "cpu_study_table.py"
-    spec = importlib.util.spec_from_file_location("durr_cpu_study_table", path)
+    path = ROOT / "experiments" / "durr" / "lite_table.py"
+    spec = importlib.util.spec_from_file_location("durr_lite_table", path)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
-    claims = mod.main(ROOT / "experiments" / "durr" / "runs" / "cpu_study")
-    out = capsys.readouterr().out
-    readme = (ROOT / "experiments" / "durr" / "README.md").read_text()
-    rows = [line for line in out.splitlines() if line.startswith("| ") and " / " in line]
-    assert len(rows) == 6  # header + 5 sigmas
-    for line in rows:
-        assert line in readme, line
-    assert claims["a_steps_grow"] and claims["b_unseen_beats_bestT"]
-    assert not claims["c_seen_within_0.3dB_of_oracle"]  # the README says so: 0.41 dB at 15
+    return mod
+
+
+def _record(role: str, task: str, seed: int, cells: dict, train=(10, 35)) -> dict:
+    target = {
+        "durr": "odelab.papers.durr.DURRModule",
+        "dncnn": "odelab.modules.FeedForwardRestorer",
+        "bm3d": "odelab.papers.durr.BM3DBaseline",
+    }[role]
+    config = {"model": {"_target_": target}, "data": {"task": task, "train_levels": list(train)}}
+    return {"experiment": role, "seed": seed, "config": config, "restoration": {"cells": cells}}
+
+
+def test_lite_table_claims_on_known_cells():
+    """Claims (a), (b), (c) on hand-made cells whose answers are known, and mean ± std rows."""
+    lt = _lite_table()
+
+    def cell(psnr, steps, best, oracle):
+        return {"psnr": psnr, "steps": steps, "psnr_sched": psnr, "psnr_bestT": best,
+                "psnr_oracle": oracle, "oracle_T": 3, "best_T_ref": 5,
+                "fixed_curve": [psnr - 5, psnr]}  # fmt: skip
+
+    # denoise: train sigma in [10, 35]; 45 unseen
+    good = {"S_s15": cell(30.0, 3, 29.0, 30.1), "S_s25": cell(28.0, 5, 28.0, 28.2),
+            "S_s45": cell(24.0, 9, 22.0, 24.0)}  # fmt: skip
+    bad = {"S_s15": cell(30.0, 6, 29.0, 30.5), "S_s25": cell(28.0, 5, 28.0, 28.2),
+           "S_s45": cell(21.0, 9, 22.0, 24.0)}  # fmt: skip
+    dn = {k: {"psnr": v["psnr"] - 1} for k, v in good.items()}
+    recs = [_record("durr", "denoise", 0, good), _record("durr", "denoise", 1, bad),
+            _record("dncnn", "denoise", 0, dn)]  # fmt: skip
+    c0, c1 = lt.claims(recs, "denoise")
+    assert (c0["a"], c0["b"], c0["b_dncnn"], c0["c"]) == (True, True, True, True)
+    assert c0["steps"] == [3, 5, 9] and c0["b_margin"] == [2.0] and c0["unseen"] == [45.0]
+    assert (c1["a"], c1["b"], c1["b_dncnn"], c1["c"]) == (False, False, None, False)
+    assert c1["c_gap"] == pytest.approx([0.5, 0.2])
+    rows = lt.study_rows(recs, "denoise")
+    assert [r["level"] for r in rows] == [15.0, 25.0, 45.0]
+    assert [r["seen"] for r in rows] == [True, True, False]
+    mean, std, n = rows[2]["psnr"]
+    assert (mean, n) == (22.5, 2) and std == pytest.approx(math.sqrt(4.5))
+    assert rows[2]["dncnn"] == (23.0, 0.0, 1) and rows[2]["bm3d"] is None
+    assert rows[2]["psnr_input"][0] == 17.5  # T = 0 of the fixed-T curves: (19 + 16) / 2
+    # JPEG: degradation grows as the quality falls, so steps must grow towards QF 5
+    q = {"S_q40": cell(32.0, 3, 32.0, 32.0), "S_q10": cell(27.0, 6, 27.0, 27.1),
+         "S_q5": cell(25.0, 8, 24.9, 25.1)}  # fmt: skip
+    jrec = [_record("durr", "jpeg", 0, q, train=(10, 40))]
+    (cq,) = lt.claims(jrec, "jpeg")
+    assert cq["steps"] == [3, 6, 8] and cq["a"] and cq["b"] and cq["c"]
+    assert [r["level"] for r in lt.study_rows(jrec, "jpeg")] == [40.0, 10.0, 5.0]
+    alien = {**recs[0], "config": {"model": {"_target_": "x.Y"}, "data": {"task": "denoise"}}}
+    with pytest.raises(ValueError, match="not DURR, DnCNN or BM3D"):
+        lt.claims([alien], "denoise")
+
+
+def test_lite_comparators_share_the_durr_lite_data():
+    """dncnn_*_lite (and bm3d_denoise_lite) train on the same patches and test on the same cells
+    as their DURR lite run; the JPEG study has the denoise study's scale."""
+    from omegaconf import OmegaConf
+
+    from odelab.utils.config import compose_config
+
+    def data(exp):
+        cfg = compose_config([f"experiment={exp}"])
+        return OmegaConf.to_container(cfg.data, resolve=False), cfg
+
+    for task in ("denoise", "jpeg"):
+        (durr, dcfg), (dncnn, ncfg) = data(f"durr_{task}_lite"), data(f"dncnn_{task}_lite")
+        assert durr == dncnn, task
+        assert ncfg.trainer.max_epochs == dcfg.model.restorer_epochs  # 400 batches each
+        assert ncfg.model.optimizer.lr == dcfg.model.optimizer.lr
+        assert list(ncfg.model.scheduler.milestones) == list(dcfg.model.scheduler.milestones)
+    test_keys = ["task", "test_sets", "test_levels", "test_subset", "test_crop", "eval_seed"]
+    bm3d, _ = data("bm3d_denoise_lite")
+    den, _ = data("durr_denoise_lite")
+    assert {k: bm3d[k] for k in test_keys} == {k: den[k] for k in test_keys}
+    (jp, jcfg), (_, dn) = data("durr_jpeg_lite"), data("durr_denoise_lite")
+    for key in ("restorer", "policy", "step_cap", "dqn_batch", "dqn_updates", "restorer_epochs"):
+        assert jcfg.model[key] == dn.model[key], key
+    assert jcfg.trainer.max_epochs == dn.trainer.max_epochs and jp["test_crop"] % 8 == 0
+    from odelab.papers.durr import schedule_T
+
+    t = schedule_T(torch.tensor([5.0, 10.0, 20.0, 30.0, 40.0]), jcfg.model.T_schedule)
+    assert t.tolist() == sorted(t.tolist(), reverse=True) and t[0] > t[-1]  # low QF: more steps
+
+
+def test_gpu_estimate_counts_the_flops_it_times(tmp_path, monkeypatch):
+    """experiments/durr/gpu_estimate.py on a tiny batch: every row timed and counted; one
+    DnCNN-B pass over an H x W image is 2 x (1*64 + 18*64*64 + 64*1) x 9 x H x W FLOPs."""
+    import runpy
+    import sys
+
+    from conftest import ROOT
+
+    out = tmp_path / "cost.json"
+    argv = ["gpu_estimate.py", "--batch", "2", "--image", "40", "56", "--ref-cpu-ms", "600",
+            "--out", str(out)]  # fmt: skip
+    monkeypatch.setattr(sys, "argv", argv)
+    runpy.run_path(str(ROOT / "experiments" / "durr" / "gpu_estimate.py"), run_name="__main__")
+    res = json.loads(out.read_text())
+    assert set(res["rows"]) == {
+        "durr_stage1_batch", "durr_stage2_batch", "dncnn_batch", "durr_test_image",
+        "dncnn_test_image",
+    }  # fmt: skip
+    assert res["ratio"] == pytest.approx(600 / 6.1) and all(
+        r["s"] > 0 and r["gflop"] > 0 for r in res["rows"].values()
+    )
+    macs = (64 + 18 * 64 * 64 + 64) * 9
+    assert res["rows"]["dncnn_test_image"]["gflop"] == pytest.approx(2 * macs * 40 * 56 / 1e9)
+
+
+def test_report_plots_of_the_kept_lite_records(tmp_path):
+    """The report's DURR plots from experiments/durr/runs: PSNR per quality factor (JPEG cells)
+    and learned steps / oracle T per level, each the mean over the kept seeds' records."""
+    import statistics
+
+    from conftest import ROOT
+    from odelab.papers.durr.report import plots, psnr_per_sigma, steps_per_level
+    from odelab.report import build, local_runs
+
+    kept = ROOT / "experiments" / "durr" / "runs"
+    runs = local_runs(kept)
+    if not any(r.experiment == "durr_jpeg_lite" for r in runs):
+        pytest.skip("no kept durr_jpeg_lite records")
+    rep = build("durr", runs, recipe=lambda experiment: None)
+    files = [json.loads(f.read_text()) for f in (kept / "lite_seeds").rglob("*.json")]
+    jpeg = [f for f in files if f["experiment"] == "durr_jpeg_lite"]  # the 3 seeds, one config
+    (q,) = [
+        d for d in psnr_per_sigma(rep, "q") if d["experiment"] == "durr_jpeg_lite" and d["n"] == 3
+    ]
+    levels, means, _ = q["curves"]["LIVE1"]
+    assert levels == [5, 10, 20, 30, 40] and q["n"] == len(jpeg)
+    assert means[0] == pytest.approx(
+        statistics.mean(f["metrics"]["test/psnr_LIVE1_q5"] for f in jpeg)
+    )
+    (st,) = [
+        d for d in steps_per_level(rep) if d["experiment"] == "durr_jpeg_lite" and d["n"] == 3
+    ]
+    lv, steps, _, oracle, _ = st["curves"]["classic5"]
+    assert st["kind"] == "q" and lv == levels
+    cells = [f["restoration"]["cells"]["classic5_q10"] for f in jpeg]
+    assert steps[1] == pytest.approx(statistics.mean(c["steps"] for c in cells))
+    assert oracle[1] == pytest.approx(statistics.mean(c["oracle_T"] for c in cells))
+    names = sorted(p.name for p in plots(rep, tmp_path))
+    assert "results_psnr_vs_quality.png" in names and "results_steps_vs_level.png" in names
+
+
+def test_kept_lite_records_rebuild_the_readme_tables():
+    """The three-seed records in experiments/durr/runs/lite_seeds give the README's tables and
+    claim lines verbatim; the superseded single-seed records still give the numbers the README
+    quotes for them (old noise draws)."""
+    from conftest import ROOT
+
+    lt = _lite_table()
+    durr = ROOT / "experiments" / "durr"
+    readme = (durr / "README.md").read_text()
+    recs = lt.load_records(durr / "runs" / "lite_seeds")
+    for task, n_rows in (("denoise", 5), ("jpeg", 10)):
+        rows = lt.study_rows(recs, task)
+        assert len(rows) == n_rows and all(r["psnr"][2] == 3 for r in rows), task  # 3 seeds
+        for line in lt.markdown_table(rows, task) + lt.markdown_claims(
+            lt.claims(recs, task), task
+        ):
+            assert line in readme, line
+    den = {c["seed"]: c for c in lt.claims(recs, "denoise")}
+    assert all(c["a"] and c["b"] and not c["c"] for c in den.values())  # as the README says
+    jp = lt.claims(recs, "jpeg")
+    assert len(jp) == 6 and not any(c["a"] or c["b"] for c in jp) and all(c["c"] for c in jp)
+    old = lt.load_records(durr / "superseded_old_noise" / "cpu_study_v1_no_explore_starts")
+    (v1,) = lt.claims(old, "denoise")
+    assert [round(s, 1) for s in v1["steps"]] == [5.0, 5.0, 5.8, 6.0, 6.0]
+    assert [round(r["psnr"][0], 2) for r in lt.study_rows(old, "denoise")] == [
+        27.90, 26.62, 24.43, 21.84, 19.22
+    ]  # fmt: skip
+    assert [round(g, 2) for g in v1["c_gap"]] == [1.17, 0.0, 0.67]
+    abl = durr / "runs" / "jpeg_policy_ablation"
+    held = {}
+    for name in ("durr_jpeg_lite_dqn3x_s0", "durr_jpeg_lite_policy64_s0"):
+        cl = lt.claims(lt.load_records(abl / name), "jpeg")
+        held[name] = {c["set"]: (c["a"], c["b"], c["c"]) for c in cl}
+        steps = {c["set"]: ", ".join(f"{s:.1f}" for s in c["steps"]) for c in cl}
+        assert all(v in readme for v in steps.values() if len(set(v.split(", "))) > 1), steps
+    assert held["durr_jpeg_lite_dqn3x_s0"] == {"LIVE1": (False, False, True),
+                                               "classic5": (False, False, True)}  # fmt: skip
+    assert held["durr_jpeg_lite_policy64_s0"] == {"LIVE1": (False, False, True),
+                                                  "classic5": (True, False, True)}  # fmt: skip

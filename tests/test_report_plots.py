@@ -208,24 +208,26 @@ def test_durr_psnr_per_sigma_from_kept_records(tmp_path, drawn):
 
     kept = KEPT / "durr" / "runs"
     rep = report("durr", kept)
-    files = {}  # (experiment, values) of every kept record, read here independently
+    files = {}  # experiment -> {sigma: [values of its kept records]}, read here independently
     for f in kept.rglob("*.json"):
         d = json.loads(f.read_text())
         cells = [re.match(r"test/psnr_BSD68_s(\d+)$", k) for k in d["metrics"]]
-        sig = sorted(int(m[1]) for m in cells if m)
-        vals = [d["metrics"][f"test/psnr_BSD68_s{s}"] for s in sig]
-        files.setdefault(d["experiment"], []).append((sig, vals))
+        for s in sorted(int(m[1]) for m in cells if m):
+            files.setdefault(d["experiment"], {}).setdefault(s, []).append(
+                d["metrics"][f"test/psnr_BSD68_s{s}"]
+            )
     data = psnr_per_sigma(rep)
-    assert {d["experiment"] for d in data} == set(files)
-    for d in data:  # one run per config here: the mean is that run's value
+    assert {d["experiment"] for d in data} == set(files)  # the JPEG records have no sigma cells
+    for d in data:  # one config per experiment here: the mean over its seeds
         sig, means, _ = d["curves"]["BSD68"]
-        assert sig and (sig, means) in files[d["experiment"]]  # the levels each record tested
+        assert sig == sorted(files[d["experiment"]])  # the levels its records tested
+        assert means == pytest.approx([statistics.mean(files[d["experiment"]][s]) for s in sig])
     path = plot_psnr_vs_sigma(rep, tmp_path)
     assert path == tmp_path / "results_psnr_vs_sigma.png" and is_png(path)
     (fig,) = drawn
     bars = errorbars(fig.axes[0])
     for d in data:
-        assert bars[f"ours {d['label']} (n=1)"] == tuple(d["curves"]["BSD68"][:2])
+        assert bars[f"ours {d['label']} (n={d['n']})"] == tuple(d["curves"]["BSD68"][:2])
     ref = reference("durr")["dncnn_denoise"]["metrics"]
     cross = lines(fig)["reference dncnn_denoise"]
     assert list(cross.get_xdata()) == [15, 25, 50]
