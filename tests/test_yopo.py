@@ -125,6 +125,49 @@ def test_pgd_raises_the_loss_and_fgsm_is_one_signed_step():
     assert torch.allclose(FGSM(net, 0.1)(x, y), want)
 
 
+def _ipgd_reference(net, x, y, eps, alpha, steps):
+    """The YOPO repo's ``IPGD.attack`` (mean 0, std 1) written out: eta ~ U(-eps, eps) with no
+    clamp; each step takes the CE gradient at x + eta, adds alpha sign(g), clamps the image to
+    [0, 1] *then* clips eta to the eps-ball; the result is clamped to [0, 1]."""
+    net.eval()
+    eta = torch.empty_like(x).uniform_(-eps, eps)
+    for _ in range(steps):
+        adv = (x + eta).requires_grad_(True)
+        (g,) = torch.autograd.grad(F.cross_entropy(net(adv), y), adv)
+        eta = torch.clamp(torch.clamp(adv.detach() + alpha * g.sign(), 0, 1) - x, -eps, eps)
+    return torch.clamp(x + eta, 0, 1)
+
+
+def test_pgd_random_start_follows_the_yopo_repo_unless_clamped():
+    """``random_start_clamp=False`` is the YOPO repo's IPGD: the same adversarial examples (same
+    random draw, float64), the first gradient taken at the unclamped start; ``True`` (the
+    evaluation's, torchattacks') takes it at the start projected to [0, 1]."""
+    net = _tiny_cnn(3).double()
+    x = torch.rand(8, 1, 28, 28, dtype=torch.float64)
+    x[:, :, :6] = 0.0  # background pixels, as MNIST's: x + U(-eps, eps) < 0 for about half
+    y = torch.arange(8) % 10
+    first_inputs = []
+    hook = net.register_forward_pre_hook(lambda _m, inp: first_inputs.append(inp[0].detach()))
+    torch.manual_seed(7)
+    ours = PGD(net, 0.3, 0.05, 10, random_start_clamp=False)(x, y)
+    torch.manual_seed(7)
+    theirs = _ipgd_reference(net, x, y, 0.3, 0.05, 10)
+    assert torch.allclose(ours, theirs, atol=1e-12, rtol=0)
+    assert first_inputs[0].min() < -0.1  # the first gradient saw the unclamped start
+    first_inputs.clear()
+    torch.manual_seed(7)
+    clamped = PGD(net, 0.3, 0.05, 10)(x, y)
+    hook.remove()
+    assert first_inputs[0].min() >= 0.0 and first_inputs[0].max() <= 1.0
+    assert not torch.allclose(clamped, ours)  # a different first gradient, different examples
+    for adv in (ours, clamped):
+        assert (adv - x).abs().max() <= 0.3 + 1e-12 and adv.min() >= 0 and adv.max() <= 1
+    # no steps: the returned start is projected either way
+    torch.manual_seed(7)
+    start = PGD(net, 0.3, 0.05, 0, random_start_clamp=False)(x, y)
+    assert start.min() >= 0.0 and (start - x).abs().max() <= 0.3 + 1e-12
+
+
 # ------------------------------------------------------------------ YOPO vs a float64 reference
 class TinyNet(LayerOneNet):
     """f_0(x) = tanh(W vec(x) + b); then a linear-tanh-linear head."""
@@ -254,6 +297,108 @@ def test_bad_method_and_objective_are_clear_errors():
         _module("pgd", pgd={"objective": "clean"})
     with pytest.raises(ValueError, match="unknown keys"):
         _module("yopo", yopo={"k": 5})
+
+
+def test_trades_yopo_full_passes_see_x_plus_eta_unclamped():
+    """The official TRADES-YOPO loop runs ``net(data + eta)``: the first full pass at the
+    0.001 N(0, 1) start is not clamped to [0, 1]; the layer-one steps then keep x + eta in it."""
+    from odelab.papers.yopo.yopo import trades_yopo_adversary
+
+    torch.manual_seed(0)
+    net = TinyNet().double().eval()
+    x = torch.rand(6, 1, 2, 2, dtype=torch.float64)
+    x[:3] = 0.0
+    eta0 = 0.001 * torch.randn_like(x)
+    seen = []
+    hook = net.other_layers.register_forward_pre_hook(lambda _m, inp: seen.append(inp[0]))
+    first = []
+    h1 = net.layer_one.register_forward_pre_hook(lambda _m, inp: first.append(inp[0].detach()))
+    eta = trades_yopo_adversary(net, x, eta0, 3, 2, 0.007, 0.031)
+    hook.remove()
+    h1.remove()
+    full_inputs = [first[i] for i in range(len(first)) if i in _full_pass_indices(3, 2)]
+    assert torch.equal(full_inputs[0], x + eta0) and full_inputs[0].min() < 0
+    for inp in full_inputs[1:]:
+        assert inp.min() >= 0 and inp.max() <= 1
+    assert ((x + eta) >= 0).all() and ((x + eta) <= 1).all() and eta.abs().max() <= 0.031 + 1e-12
+    assert len(seen) == 1 + 3  # the clean softmax and m full passes
+
+
+def _full_pass_indices(m, n):
+    """Positions of the full passes among layer one's forwards in trades_yopo_adversary: the
+    clean pass, then per outer step one full pass followed by n layer-one steps."""
+    return [1 + j * (n + 1) for j in range(m)]
+
+
+OFFICIAL_LOOPS = {  # (experiment): what the official config.py + train.py run, read in their code
+    # YOPO repo: `while now_epoch <= num_epochs` from 0 runs num_epochs + 1 epochs
+    "yopo_mnist": {"trainer.max_epochs": 41, "data.batch_size": 256,
+                   "trainer.check_val_every_n_epoch": 1},
+    "pgd40_mnist": {"trainer.max_epochs": 57, "data.batch_size": 256,
+                    "model.optimizer.momentum": 0.9, "model.scheduler.milestones": [50, 55],
+                    "model.pgd.random_start_clamp": False, "trainer.check_val_every_n_epoch": 1},
+    "yopo_cifar10": {"trainer.max_epochs": 37, "data.batch_size": 256,
+                     "trainer.check_val_every_n_epoch": 2},
+    "yopo_wrn34_cifar10": {"trainer.max_epochs": 37, "model.optimizer.lr": 0.08},
+    "pgd10_cifar10": {"trainer.max_epochs": 106, "data.batch_size": 256,
+                      "model.scheduler.milestones": [75, 90, 100],
+                      "model.pgd.random_start_clamp": False,
+                      "trainer.check_val_every_n_epoch": 5},
+    "trades_yopo_cifar10": {"trainer.max_epochs": 106, "data.batch_size": 256,
+                            "model.eval_attack.eps": 8 / 255,
+                            "trainer.check_val_every_n_epoch": 10},
+    # TRADES baseline: `for epoch in range(1, epochs + 1)`, lr x0.1 from 1-based epoch 75
+    "trades_cifar10": {"trainer.max_epochs": 100, "data.batch_size": 200,
+                       "data.eval_batch_size": 256, "model.scheduler.milestones": [74],
+                       "model.eval_attack.eps": 8 / 255, "trainer.check_val_every_n_epoch": 1},
+    # Madry's and Free's TF loops: `for ii in range(80000)`; crop from a 36x36 zero-padded image
+    "pgd7_wrn34_cifar10": {"trainer.max_steps": 80000, "data.batch_size": 128, "data.pad": 2,
+                           "model.pgd.random_start_clamp": True},
+    "free8_cifar10": {"trainer.max_steps": 80000, "data.batch_size": 128, "data.pad": 2},
+    # Fast: `for epoch in range(args.epochs)`, 15, batch 128, crop pad 4
+    "fast_cifar10": {"trainer.max_epochs": 15, "data.batch_size": 128, "data.pad": 4},
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("experiment", sorted(OFFICIAL_LOOPS))
+def test_experiments_run_as_long_as_the_official_loops(experiment, tmp_path):
+    from omegaconf import OmegaConf
+
+    from conftest import compose
+
+    assert set(OFFICIAL_LOOPS) == set(COVERED_EXPERIMENTS)
+    cfg = compose([f"experiment={experiment}"], tmp_path)
+    for key, want in OFFICIAL_LOOPS[experiment].items():
+        got = OmegaConf.select(cfg, key)
+        got = OmegaConf.to_object(got) if OmegaConf.is_config(got) else got
+        assert got == pytest.approx(want), (experiment, key, got)
+
+
+def test_trades_lr_milestone_74_is_the_official_lr_function():
+    """The TRADES baseline's adjust_learning_rate(epoch) for 1-based epochs 1..100 against a
+    MultiStepLR([74]) stepped after each 0-based epoch, as our module steps it."""
+
+    def official(epoch):  # its if/elif chain: only the first branch ever fires
+        lr = 0.1
+        if epoch >= 75:
+            lr = 0.1 * 0.1
+        elif epoch >= 90:
+            lr = 0.1 * 0.01
+        return lr
+
+    opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.1)
+    sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=[74], gamma=0.1)
+    for epoch in range(100):
+        assert opt.param_groups[0]["lr"] == pytest.approx(official(epoch + 1)), epoch
+        opt.step()
+        sched.step()
+
+
+def test_eval_attack_eps_defaults_to_the_training_eps():
+    mod = _module("pgd")
+    assert mod.eval_attack().eps == 0.3
+    mod = _module("trades", eval_attack={"eps": 8 / 255})
+    assert mod.eval_attack().eps == pytest.approx(8 / 255) and mod.eps == 0.3
 
 
 # ------------------------------------------------------------------ experiments under fdr
@@ -443,6 +588,65 @@ def test_training_clock_budget_and_process_clock(tmp_path):
     trainer.fit(_module("natural"), loader)
     assert trainer.global_step == 1  # the budget ran out after the first batch
     assert len(clock.batch_s) == 1 and clock.batch_s[0] > 0 and clock.batch_wall_s[0] > 0
+
+
+def test_time_marks_fall_where_the_clock_passes_them(tmp_path):
+    from odelab.callbacks import TrainClock
+
+    c = TrainClock(str(tmp_path), eval_every_s=10.0, eval_marks_s=[3.0, 25.0])
+    assert c.last_mark(0.0, 2.9) is None and c.last_mark(0.0, 3.0) == 3.0
+    assert c.last_mark(3.0, 9.99) is None and c.last_mark(9.5, 10.0) == 10.0
+    assert c.last_mark(9.0, 26.0) == 25.0  # one batch passing 10, 20 and 25: one point, at 25
+    assert c.last_mark(25.0, 29.0) is None and c.last_mark(29.0, 31.0) == 30.0
+    assert TrainClock(str(tmp_path), eval_marks_s=[5]).last_mark(5.0, 1e9) is None
+    assert not TrainClock(str(tmp_path)).marks_on
+    with pytest.raises(ValueError, match="eval_every_s"):
+        TrainClock(str(tmp_path), eval_every_s=0)
+    with pytest.raises(ValueError, match="eval_marks_s"):
+        TrainClock(str(tmp_path), eval_marks_s=[0.0, 1.0])
+
+
+def test_time_marks_evaluate_the_test_split_with_pgd40_and_leave_training_alone(
+    run_experiment, tiny_data
+):
+    """yopo_mnist for two short epochs with 4 of the 16 training digits held out for
+    validation, so val != test: a time mark after the first batch and one at the end evaluate
+    all 8 test digits with the experiment's PGD-40; the end point's clean accuracy is the final
+    test's (same weights, same split); the trained weights equal a run without marks (the
+    marks run in a forked RNG state)."""
+    from odelab.papers.yopo import AdversarialTraining
+
+    attacks = []
+    orig = AdversarialTraining.eval_attack
+
+    def spy(self):
+        atk = orig(self)
+        attacks.append((atk.steps, atk.alpha, atk.eps, atk.random_start))
+        return atk
+
+    base = ["experiment=yopo_mnist", "debug=limit", "logger=csv", f"paths.data_dir={tiny_data}",
+            "data.batch_size=4", "data.eval_batch_size=4", "data.val_size=4",
+            "model.yopo.m=2", "model.yopo.n=2", *SHRINK["mnist"]]  # fmt: skip
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(AdversarialTraining, "eval_attack", spy)
+        _, out = run_experiment([*base, "callbacks.train_clock.eval_marks_s=[1e-9]"], "marks")
+    _, plain = run_experiment(base, "plain")
+    curve = json.loads((out / "time_curve.json").read_text())
+    marks = [p for p in curve if "mark_s" in p]
+    assert [p["mark_s"] for p in marks] == [1e-9, None]  # after batch 1, and at the end
+    assert marks[0]["step"] == 2 and marks[0]["epoch"] == 0  # one batch: 2 optimiser steps
+    assert [p["test_n"] for p in marks] == [8, 8]  # the test split (val holds 4 digits)
+    assert all(0 <= p["test/robust_acc"] <= p["test/acc"] <= 1 for p in marks)
+    assert marks[1]["train_s"] == curve[-1]["train_s"] > marks[0]["train_s"]
+    assert (40, 0.01, 0.3, True) in attacks  # the experiment's PGD-40
+    res = json.loads((out / "results.json").read_text())
+    assert marks[1]["test/acc"] == pytest.approx(res["metrics"]["test/acc"], abs=1e-7)
+    assert [p["epoch"] for p in curve if "val/robust_acc" in p] == [0, 1]  # validation kept
+    w_marks = torch.load(out / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
+    w_plain = torch.load(plain / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
+    assert w_marks.keys() == w_plain.keys()
+    for k in w_plain:
+        assert torch.equal(w_marks[k], w_plain[k]), k
 
 
 def test_kept_cpu_repro_records_rebuild_the_readme_numbers(capsys):
