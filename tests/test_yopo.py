@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from conftest import ROOT as ROOT_DIR
 from conftest import SHARED_DATA
 from odelab.papers.yopo import (
     FGSM,
@@ -664,3 +665,173 @@ def test_kept_cpu_repro_records_rebuild_the_readme_numbers(capsys):
         if line.startswith(("PGD-40 level", "yopo_mnist: reaches", "pgd40_mnist",
                             "ratio time-to-level")):  # fmt: skip
             assert line in readme, line
+
+
+# ------------------------------------------------------------------ time to a robust accuracy
+def _no_recipe(experiment):
+    return None
+
+
+def _report(*dirs: Path):
+    from odelab.report import build, local_runs
+
+    return build("yopo", [r for d in dirs for r in local_runs(d)], recipe=_no_recipe)
+
+
+def _write_run(root: Path, name: str, experiment: str, method: str, points: list[dict],
+               hardware: dict, seed: int = 0) -> None:  # fmt: skip
+    d = root / name
+    d.mkdir(parents=True)
+    config = {"dataset": "mnist", "model": {"method": method, "width": name},
+              "callbacks": {"train_clock": {"clock": "wall"}}}  # fmt: skip
+    res = {"experiment": experiment, "paper": "yopo", "dataset": "mnist", "seed": seed,
+           "status": "finished", "metrics": {"test/robust_acc": 0.5}, "config": config,
+           "hardware": hardware}  # fmt: skip
+    (d / "results.json").write_text(json.dumps(res))
+    (d / "time_curve.json").write_text(json.dumps(points))
+
+
+GPU = {"accelerator": "cuda", "gpu": "NVIDIA H100", "devices": 1}
+CPU = {"accelerator": "cpu", "cpu_count": 2, "devices": 1}
+
+
+def test_time_to_level_on_synthetic_curves_with_known_crossings(tmp_path):
+    """YOPO (time-mark points, test split) crosses 90 % at 30 s and 94 % at 50 s, plateau 96 %
+    (median of its last quarter: 96, 95.5, 96) from 50 s; PGD (validation points) crosses at
+    400 and 600 s, plateau 95 % from 600 s: ratios 30/400, 50/600, 50/600. A run on another
+    machine is not paired; a run that never reaches 94 % says so."""
+    from odelab.papers.yopo.report import time_to_level, time_to_level_markdown
+
+    yopo_acc = [0.5, 0.8, 0.91, 0.93, 0.95, 0.96, 0.955, 0.96]
+    yopo = [{"train_s": 10.0 * (i + 1), "mark_s": 10.0 * (i + 1), "test/robust_acc": a,
+             "test/acc": 0.99, "val/robust_acc": 0.1} for i, a in enumerate(yopo_acc)]  # fmt: skip
+    pgd_acc = [0.3, 0.6, 0.85, 0.9, 0.92, 0.945, 0.95, 0.95]
+    pgd = [{"train_s": 100.0 * (i + 1), "val/robust_acc": a, "val/acc": 0.99}
+           for i, a in enumerate(pgd_acc)]  # fmt: skip
+    slow = [{"train_s": 5.0 * (i + 1), "val/robust_acc": a} for i, a in enumerate([0.9, 0.92])]
+    _write_run(tmp_path, "y", "yopo_mnist", "yopo", yopo, GPU)
+    _write_run(tmp_path, "p", "pgd40_mnist", "pgd", pgd, GPU)
+    _write_run(tmp_path, "c", "pgd40_mnist", "pgd", slow, CPU)
+    tl = time_to_level(_report(tmp_path))
+    runs = {r["label"].split(" ")[0] + r["hardware"]: r for r in tl["runs"]}
+    y, p, c = (
+        runs["yopo_mnist1x NVIDIA H100"],
+        runs["pgd40_mnist1x NVIDIA H100"],
+        runs["pgd40_mnistcpu (2 cores)"],
+    )
+    assert y["curve"] == "test marks" and p["curve"] == "val"
+    assert y["levels"] == {0.90: 30.0, 0.94: 50.0} and y["t_end"] == 80.0 and y["n"] == 8
+    assert y["plateau"] == pytest.approx(0.96) and y["t_plateau"] == 50.0
+    assert p["levels"] == {0.90: 400.0, 0.94: 600.0}
+    assert p["plateau"] == pytest.approx(0.95) and p["t_plateau"] == 600.0
+    assert c["levels"] == {0.90: 5.0, 0.94: None} and c["plateau"] == pytest.approx(0.92)
+    (q,) = tl["ratios"]  # the CPU run has no YOPO partner
+    assert q["levels"][0.90] == pytest.approx(30 / 400) and q["levels"][0.94] == pytest.approx(
+        50 / 600) and q["plateau"] == pytest.approx(50 / 600)  # fmt: skip
+    md = time_to_level_markdown(_report(tmp_path))
+    assert "| 0.07 | 0.08 | 0.08 |" in md and "never" in md
+    assert (
+        "| mnist | robust error ~5-6 % | yopo_mnist | 245.0 | pgd40_mnist | 1280.0 | 0.19 |" in md
+    )
+
+
+def test_time_to_level_on_the_kept_cpu_repro_records():
+    """The kept CPU records (README table): YOPO first at >= 90 % at 271.6 s, PGD-40 (lr 0.1)
+    at 341.9 s, PGD-40 (lr 0.02) at 392.8 s; none reaches 94 %; plateaus (median of the points
+    after 3/4 of 400 s): YOPO median(88.0, 92.5) = 90.25 %, PGD-40 median(88, 90, 90, 88) = 89 %
+    reached at 248.8 s (88.5), lr 0.02 median(91.0, 87.5) = 89.25 % reached at 287.7 s (89.0)."""
+    from odelab.papers.yopo.report import time_to_level
+
+    tl = time_to_level(_report(ROOT_DIR / "experiments" / "yopo" / "runs" / "cpu_repro"))
+    by_lr = {}
+    for r in tl["runs"]:
+        assert r["curve"] == "val" and r["clock"] == "process" and r["levels"][0.94] is None
+        by_lr[(r["method"], round(r["t_end"]))] = r
+    assert len(tl["runs"]) == 3
+    y = next(r for r in tl["runs"] if r["method"] == "yopo")
+    p1, p2 = sorted(
+        (r for r in tl["runs"] if r["method"] == "pgd"), key=lambda r: r["levels"][0.9]
+    )
+    for r, t90, pl, tpl in ((y, 271.6, 0.9025, 271.6), (p1, 341.9, 0.89, 248.8),
+                            (p2, 392.8, 0.8925, 287.7)):  # fmt: skip
+        assert r["levels"][0.90] == pytest.approx(t90, abs=0.05)
+        assert r["plateau"] == pytest.approx(pl, abs=1e-6)
+        assert r["t_plateau"] == pytest.approx(tpl, abs=0.05)
+    ratios = sorted(q["levels"][0.90] for q in tl["ratios"])
+    assert ratios == pytest.approx([271.6 / 392.8, 271.6 / 341.9], abs=1e-3)
+
+
+def test_time_to_level_from_real_quick_runs(run_experiment, tiny_data, tmp_path):
+    """Two real quick runs (YOPO-2-2 and PGD-3, tiny MNIST, time marks after every batch): the
+    table reads their test-split mark points, pairs them (same machine, clock, seed), and the
+    report hook writes the markdown table and both figures."""
+    from odelab.papers.yopo.report import plots, time_to_level
+
+    base = ["debug=limit", "logger=csv", f"paths.data_dir={tiny_data}", "data.batch_size=4",
+            "data.eval_batch_size=4", "callbacks.train_clock.eval_every_s=1e-9",
+            *SHRINK["mnist"]]  # fmt: skip
+    _, y_out = run_experiment(["experiment=yopo_mnist", *base, "model.yopo.m=2",
+                               "model.yopo.n=2"], "yopo")  # fmt: skip
+    _, p_out = run_experiment(["experiment=pgd40_mnist", *base, "model.pgd.steps=3"], "pgd")
+    rep = _report(y_out, p_out)
+    tl = time_to_level(rep)
+    assert sorted(r["experiment"] for r in tl["runs"]) == ["pgd40_mnist", "yopo_mnist"]
+    for r, out in zip(sorted(tl["runs"], key=lambda r: r["experiment"]), (p_out, y_out)):
+        points = [p for p in json.loads((out / "time_curve.json").read_text()) if "mark_s" in p]
+        assert r["curve"] == "test marks" and r["n"] == len(points) == 2 * 4  # every batch
+        assert r["t"] == [p["train_s"] for p in points]
+        assert r["robust"] == [p["test/robust_acc"] for p in points]
+        for t in (*r["levels"].values(), r["t_plateau"]):
+            assert t is None or t in r["t"]
+    (q,) = tl["ratios"]
+    y, p = sorted(tl["runs"], key=lambda r: r["method"], reverse=True)
+    assert q["yopo"] == y["label"] and q["other"] == p["label"]
+    if y["t_plateau"] is not None and p["t_plateau"] is not None:
+        assert q["plateau"] == pytest.approx(y["t_plateau"] / p["t_plateau"])
+    written = plots(rep, tmp_path)
+    assert sorted(w.name for w in written) == ["results_robust_acc_vs_time.png",
+                                               "results_time_to_level.png"]  # fmt: skip
+    md = (tmp_path / "results_time_to_level.md").read_text()
+    assert y["label"] in md and p["label"] in md and "test marks" in md
+
+
+def test_random_start_effect_script_runs(tiny_data):
+    """experiments/yopo/random_start_effect.py (the README's clamp measurement) on tiny MNIST:
+    per seed both starts share one uniform draw, accuracies are fractions, robust <= clean."""
+    import importlib.util
+
+    path = ROOT_DIR / "experiments" / "yopo" / "random_start_effect.py"
+    spec = importlib.util.spec_from_file_location("random_start_effect", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    out = mod.main(["--data-dir", str(tiny_data), "--width", "0.25", "--steps", "2",
+                    "--batch", "4", "--n-test", "8", "--seeds", "2"])  # fmt: skip
+    assert len(out["rows"]) == 2
+    for row in out["rows"]:
+        assert 0 <= row[True] <= out["clean"] and 0 <= row[False] <= out["clean"]
+
+
+def test_adversarial_speed_benchmark_ends_with_the_ratio_lines(tiny_data, tmp_path, capsys):
+    """benchmarks/adversarial_speed.py, tiny: the experiments' configs, the real (tiny) data
+    when present and synthetic pixels (said so) when not, the prediction and the CPU floor, and
+    the two closing ``ratio ... (predicted ...)`` lines."""
+    import importlib.util
+    import re
+
+    path = ROOT_DIR / "benchmarks" / "adversarial_speed.py"
+    spec = importlib.util.spec_from_file_location("adversarial_speed", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    tiny = ["--steps", "1", "--rounds", "1", "--pass-reps", "1", "--batch", "4",
+            "--preact-width", "0.125", "--cnn-width", "0.25"]  # fmt: skip
+    mod.main([*tiny, "--data-dir", str(tiny_data)])
+    out = capsys.readouterr().out.splitlines()
+    assert re.fullmatch(r"ratio yopo-5-3/pgd-10 \d+\.\d\d \(predicted \d+\.\d\d\)", out[-2])
+    assert re.fullmatch(r"ratio yopo-5-10/pgd-40 \d+\.\d\d \(predicted \d+\.\d\d\)", out[-1])
+    text = "\n".join(out)
+    assert "batch 4, real cifar10" in text and "batch 4, real mnist" in text
+    assert "CPU floor (layer-one steps free)" in text and "passes/step" in text
+    assert "'layer_one_fwd': 55" in text  # YOPO-5-10 from yopo_mnist: 5 x (10 + 1)
+    mod.main([*tiny, "--data-dir", str(tmp_path / "empty"), "--pairs", "yopo-5-10"])
+    out = capsys.readouterr().out
+    assert "SYNTHETIC uniform pixels" in out and out.count("ratio yopo") == 1
