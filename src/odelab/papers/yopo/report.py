@@ -236,37 +236,37 @@ def _table(head: list[str], rows: list[list[str]]) -> list[str]:
 
 
 def plot_time_to_level(report: PaperReport, out_dir: Path) -> Path | None:
-    """Bars: each run's time to 90 %, 94 % and its plateau (log scale; a missing bar = never),
-    the paper's times as crosses."""
+    """Per run (one row each): its time to 90 %, 94 % and its plateau as markers (log scale; a
+    missing marker = never), the paper's times for the same datasets as dashed lines."""
     tl = time_to_level(report)
     runs = [r for r in tl["runs"] if r["t_end"] is not None]
     if not runs:
         return None
     plt = pyplot()
-    names = [*(f"to {round(100 * x)} %" for x in tl["levels"]), "to plateau"]
-    fig, ax = plt.subplots(figsize=(7.5, 0.5 * len(runs) * len(names) / 2 + 2))
-    h = 0.8 / len(names)
-    for i, r in enumerate(runs):
-        vals = [*(r["levels"][x] for x in tl["levels"]), r["t_plateau"]]
-        for j, v in enumerate(vals):
-            if v is not None:
-                ax.barh(i + j * h, v, height=h, color=f"C{j}",
-                        label=names[j] if i == 0 else None)  # fmt: skip
-    for p in tl["paper"]:
+    names = [*(f"to {round(100 * x)} %" for x in tl["levels"]), "to its plateau"]
+    fig, ax = plt.subplots(figsize=(7.5, 0.45 * len(runs) + 2.2))
+    for j, name in enumerate(names):
+        pts = [(r["levels"][tl["levels"][j]] if j < len(tl["levels"]) else r["t_plateau"], i)
+               for i, r in enumerate(runs)]  # fmt: skip
+        off = 0.15 * (j - (len(names) - 1) / 2)  # one sub-row per level: no marker hides one
+        pts = [(t, i + off) for t, i in pts if t is not None]
+        if pts:
+            ax.plot(*zip(*pts), "osD^v"[j % 5], color=f"C{j}", ls="none", ms=7, label=name)
+    datasets = {r["dataset"] for r in runs}
+    for p in (p for p in tl["paper"] if p["dataset"] in datasets):
         for t, who in ((p["yopo_s"], p["yopo"]), (p["other_s"], p["other"])):
             ax.axvline(t, ls="--", lw=0.8, color="k")
-            ax.annotate(f"paper {who} ({p['dataset']}, {p['level']})", (t, len(runs) - 0.4),
-                        fontsize=6, rotation=90, va="top", ha="right")  # fmt: skip
-    ax.set_yticks([i + h * (len(names) - 1) / 2 for i in range(len(runs))],
+            ax.text(t, 0.98, f" paper {who}: {t:g} s", transform=ax.get_xaxis_transform(),
+                    fontsize=7, rotation=90, va="top", ha="right")  # fmt: skip
+    ax.set_yticks(range(len(runs)),
                   [f"{r['label']} s{r['seed']}\n{r['hardware']}, {r['clock']}" for r in runs],
                   fontsize=7)  # fmt: skip
-    ax.invert_yaxis()
+    ax.set_ylim(len(runs) - 0.5, -0.5)
     ax.set_xscale("log")
     ax.set_xlabel("training time to the robust accuracy (s; each run's clock, eval excluded)")
     ax.grid(axis="x", alpha=0.3)
-    return finish(
-        fig, ax, "YOPO: time to a robust accuracy", out_dir / "results_time_to_level.png"
-    )
+    path = out_dir / "results_time_to_level.png"
+    return finish(fig, ax, "YOPO: time to a robust accuracy", path)
 
 
 def plots(report: PaperReport, out_dir: Path) -> list[Path]:
