@@ -591,6 +591,30 @@ def test_training_clock_budget_and_process_clock(tmp_path):
     assert len(clock.batch_s) == 1 and clock.batch_s[0] > 0 and clock.batch_wall_s[0] > 0
 
 
+def test_training_clock_writes_its_curve_when_the_fit_is_cut(tmp_path):
+    """A fit that stops with an exception (as at SIGTERM) still leaves time_curve.json with the
+    points so far (here the first epoch's validation)."""
+    import lightning.pytorch as pl
+
+    from odelab.callbacks import TrainClock
+
+    class Cut(pl.Callback):
+        def on_train_batch_end(self, trainer, *args):
+            if trainer.current_epoch == 1:
+                raise RuntimeError("cut")
+
+    x, y = torch.rand(8, 1, 2, 2), torch.arange(8) % 3
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=4)
+    clock = TrainClock(str(tmp_path))
+    trainer = pl.Trainer(max_epochs=3, logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False,
+                         inference_mode=False, callbacks=[clock, Cut()])  # fmt: skip
+    with pytest.raises(RuntimeError, match="cut"):
+        trainer.fit(_module("natural"), loader, loader)
+    curve = json.loads((tmp_path / "time_curve.json").read_text())
+    assert [p["epoch"] for p in curve] == [0] and "val/robust_acc" in curve[0]
+
+
 def test_time_marks_fall_where_the_clock_passes_them(tmp_path):
     from odelab.callbacks import TrainClock
 

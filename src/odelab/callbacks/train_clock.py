@@ -64,7 +64,9 @@ class TrainClock(pl.Callback):
         if clock not in ("wall", "process"):
             raise ValueError(f"TrainClock clock={clock!r}: use wall or process")
         if eval_every_s is not None and not eval_every_s > 0:
-            raise ValueError(f"TrainClock eval_every_s={eval_every_s}: a positive number or null")
+            raise ValueError(
+                f"TrainClock eval_every_s={eval_every_s}: give seconds > 0, or null for no marks"
+            )
         marks = sorted({float(m) for m in (eval_marks_s or ())})
         if marks and marks[0] <= 0:
             raise ValueError(f"TrainClock eval_marks_s={list(eval_marks_s)}: marks must be > 0")
@@ -208,9 +210,18 @@ class TrainClock(pl.Callback):
         self.points.append(point)
         log.info("t_train=%.1fs %s", self.train_s, {k: point.get(k) for k in self.curve_keys})
 
+    def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
+        """A fit cut short (SIGTERM at a budget, an error) still leaves its curve so far; a
+        resumed run restores the points from its checkpoint and rewrites the whole curve."""
+        if trainer.global_rank == 0:
+            self.write(trainer)
+
     def on_fit_end(self, trainer, pl_module) -> None:
-        if trainer.global_rank != 0:
-            return
+        if trainer.global_rank == 0:
+            self.write(trainer)
+
+    def write(self, trainer) -> None:
+        """``time_curve.json`` (the points) and ``time_curve.png``; the PNG to W&B if attached."""
         self.output_dir.mkdir(parents=True, exist_ok=True)
         (self.output_dir / "time_curve.json").write_text(json.dumps(self.points, indent=1))
         xlabel = "training " + ("wall" if self.clock == "wall" else "process CPU") + " time (s)"
