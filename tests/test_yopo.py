@@ -828,11 +828,13 @@ def test_random_start_effect_script_runs(tiny_data):
     spec = importlib.util.spec_from_file_location("random_start_effect", path)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
-    out = mod.main(["--data-dir", str(tiny_data), "--width", "0.25", "--steps", "2",
-                    "--batch", "4", "--n-test", "8", "--seeds", "2"])  # fmt: skip
-    assert len(out["rows"]) == 2
-    for row in out["rows"]:
-        assert 0 <= row[True] <= out["clean"] and 0 <= row[False] <= out["clean"]
+    for how in ("fgsm", "pgd"):
+        out = mod.main(["--data-dir", str(tiny_data), "--width", "0.25", "--steps", "2",
+                        "--batch", "4", "--n-test", "8", "--seeds", "2", "--train", how,
+                        "--pgd-steps", "2"])  # fmt: skip
+        assert len(out["rows"]) == 2
+        for row in out["rows"]:
+            assert 0 <= row[True] <= out["clean"] and 0 <= row[False] <= out["clean"]
 
 
 def test_adversarial_speed_benchmark_ends_with_the_ratio_lines(tiny_data, tmp_path, capsys):
@@ -859,3 +861,38 @@ def test_adversarial_speed_benchmark_ends_with_the_ratio_lines(tiny_data, tmp_pa
     mod.main([*tiny, "--data-dir", str(tmp_path / "empty"), "--pairs", "yopo-5-10"])
     out = capsys.readouterr().out
     assert "SYNTHETIC uniform pixels" in out and out.count("ratio yopo") == 1
+
+
+def test_yopo_race_plan_composes_as_the_recipes_plus_time_marks(tmp_path):
+    """experiments/campaign/yopo_race.yaml (campaign plan format): the two MNIST arms start
+    together on half the GPU each, compose as their recipes plus run-local keys only (seed,
+    the GPU trainer, the time marks), so their records count as the recipe; the CIFAR-10 entries
+    take the whole GPU after them; the data folders they need are named."""
+    import yaml
+    from omegaconf import OmegaConf
+
+    from conftest import compose
+    from odelab.papers.yopo.report import RUN_LOCAL_KEYS
+    from odelab.report.table import comparable
+
+    plan = yaml.safe_load((ROOT_DIR / "experiments" / "campaign" / "yopo_race.yaml").read_text())
+    runs = {r["id"]: r for r in plan["runs"]}
+    allowed = {"id", "experiment", "overrides", "priority", "expected_min", "gpu_share", "needs",
+               "keep", "partial", "note"}  # fmt: skip
+    assert all(set(r) <= allowed for r in runs.values())
+    mnist = [runs["yopo_mnist-s0"], runs["pgd40_mnist-s0"]]
+    assert sum(r["gpu_share"] for r in mnist) == 1.0 and len({r["priority"] for r in mnist}) == 1
+    for r in runs.values():
+        if "cifar10" in r["id"]:
+            assert r["gpu_share"] == 1.0 and r["priority"] > mnist[0]["priority"]
+            assert r["needs"] == ["cifar10/cifar-10-batches-py"]
+        assert "estimated" in r["note"] or "optional" in r["note"]
+    for r in mnist:
+        assert r["needs"] == ["mnist/raw"] and "time_curve.json" in r["keep"] and r["partial"]
+        ovr = [f"experiment={r['experiment']}", *plan["overrides"], *r["overrides"]]
+        cfg = compose(ovr, tmp_path / r["id"])
+        recipe = compose([f"experiment={r['experiment']}"], tmp_path / "recipe")
+        assert cfg.callbacks.train_clock.eval_every_s == 15
+        ours = comparable(OmegaConf.to_container(cfg, resolve=True), RUN_LOCAL_KEYS)
+        ref = comparable(OmegaConf.to_container(recipe, resolve=True), RUN_LOCAL_KEYS)
+        assert ours == ref, {k for k in ours.keys() | ref.keys() if ours.get(k) != ref.get(k)}

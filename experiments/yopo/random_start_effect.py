@@ -2,8 +2,10 @@
 
 The YOPO repo's PGD (``IPGD``) takes its first gradient at the unclamped x + U(-eps, eps);
 torchattacks (our evaluation) projects the start to [0, 1] first (``random_start_clamp``).
-This trains a SmallCNN on real MNIST with FGSM + random start (Wong et al.'s MNIST recipe:
-eps 0.3, step 0.375; a few CPU minutes, scale printed), then evaluates PGD-40 (eps 0.3, step
+This trains a SmallCNN on real MNIST with FGSM + random start (``--train fgsm``: Wong et al.'s
+MNIST recipe, eps 0.3, step 0.375) or PGD-k (``--train pgd``: ``--pgd-steps`` steps of
+``--pgd-alpha`` from a clamped random start, adversarial loss only) for a few CPU minutes
+(scale printed), then evaluates PGD-40 (eps 0.3, step
 0.01, one random start, eval mode) on the first ``--n-test`` test images with both starts, for
 ``--seeds`` seeds. Each seed draws the *same* uniform start for both variants, so the per-seed
 difference is the clamp's effect alone; the spread over seeds is the random start's noise.
@@ -25,11 +27,13 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def train(data_dir: str, width: float, steps: int, batch: int, seed: int):
-    """SmallCNN (``width``) trained ``steps`` minibatches of FGSM-RS (eps 0.3, alpha 0.375,
-    train-mode attack) with Adam lr 1e-3 on the 60,000 MNIST training images."""
+def train(data_dir: str, width: float, steps: int, batch: int, seed: int, how: str = "fgsm",
+          pgd_steps: int = 10, pgd_alpha: float = 0.075):  # fmt: skip
+    """SmallCNN (``width``) trained ``steps`` minibatches with Adam lr 1e-3 on the 60,000 MNIST
+    training images, on FGSM-RS (eps 0.3, alpha 0.375, train-mode attack) or PGD-k examples
+    (eps 0.3, eval-mode attack)."""
     from odelab.data import MNISTDataModule
-    from odelab.papers.yopo import FGSM, SmallCNN
+    from odelab.papers.yopo import FGSM, PGD, SmallCNN
 
     dm = MNISTDataModule(data_dir, mean=[0.0], std=[1.0], verify="off")
     dm.setup("fit")
@@ -42,7 +46,10 @@ def train(data_dir: str, width: float, steps: int, batch: int, seed: int):
     for _ in range(steps):
         idx = torch.randint(0, len(ys), (batch,), generator=g)
         x, y = xs[idx].float() / 255, ys[idx]
-        adv = FGSM(net, 0.3, 0.375, random_start=True, eval_mode=False)(x, y)
+        if how == "fgsm":
+            adv = FGSM(net, 0.3, 0.375, random_start=True, eval_mode=False)(x, y)
+        else:
+            adv = PGD(net, 0.3, pgd_alpha, pgd_steps)(x, y)
         opt.zero_grad()
         F.cross_entropy(net(adv), y).backward()
         opt.step()
@@ -74,14 +81,20 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--n-test", type=int, default=1000)
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--train", choices=["fgsm", "pgd"], default="fgsm")
+    ap.add_argument("--pgd-steps", type=int, default=10)
+    ap.add_argument("--pgd-alpha", type=float, default=0.075)
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     t0 = time.process_time()
-    net, xt, yt = train(args.data_dir, args.width, args.steps, args.batch, seed=0)
+    net, xt, yt = train(args.data_dir, args.width, args.steps, args.batch, 0, args.train,
+                        args.pgd_steps, args.pgd_alpha)  # fmt: skip
     t_train = time.process_time() - t0
     x, y = xt[: args.n_test], yt[: args.n_test]
     clean = accuracy(net, x, y)
-    print(f"SmallCNN width {args.width}, FGSM-RS eps 0.3 / 0.375, Adam 1e-3, {args.steps} steps "
+    how = ("FGSM-RS eps 0.3 / 0.375" if args.train == "fgsm" else
+           f"PGD-{args.pgd_steps} eps 0.3 / {args.pgd_alpha}")  # fmt: skip
+    print(f"SmallCNN width {args.width}, {how}, Adam 1e-3, {args.steps} steps "
           f"of batch {args.batch} on 60,000 MNIST digits ({t_train:.0f} CPU-s, "
           f"torch {torch.__version__}, {args.threads} thread); clean accuracy on the first "
           f"{args.n_test} test digits {100 * clean:.2f} %", flush=True)  # fmt: skip
