@@ -4,6 +4,11 @@ Inputs are images in [0, 1]; every adversarial example satisfies ||x_adv - x||_i
 0 <= x_adv <= 1. The model's train/eval mode is saved and restored around the attack
 (``eval_mode=True`` attacks the eval-mode model, as torchattacks and the YOPO repo do;
 ``eval_mode=False`` keeps the caller's mode, as Fast's training attack does).
+
+The random start x + U(-eps, eps) is projected to [0, 1] before the first gradient
+(``random_start_clamp=True``: torchattacks, Madry's and Fast's code) or not (``False``: the
+YOPO repo's ``IPGD``, whose first gradient is taken at the unclamped point; every later iterate
+is projected as usual).
 """
 
 from __future__ import annotations
@@ -25,11 +30,13 @@ class Attack:
         random_start: bool = True,
         restarts: int = 1,
         eval_mode: bool = True,
+        random_start_clamp: bool = True,
     ):
         if eps < 0 or alpha < 0 or steps < 0 or restarts < 1:
             raise ValueError(f"{type(self).__name__}: need eps, alpha, steps >= 0, restarts >= 1")
         self.model, self.eps, self.alpha, self.steps = model, float(eps), float(alpha), int(steps)
         self.random_start, self.restarts, self.eval_mode = random_start, int(restarts), eval_mode
+        self.random_start_clamp = bool(random_start_clamp)
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         was_training = self.model.training
@@ -49,7 +56,9 @@ class Attack:
     def _one_run(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         x_adv = x.clone()
         if self.random_start:
-            x_adv = self.project(x, x + torch.empty_like(x).uniform_(-self.eps, self.eps))
+            x_adv = x + torch.empty_like(x).uniform_(-self.eps, self.eps)
+            if self.random_start_clamp or self.steps == 0:  # what is returned is projected
+                x_adv = self.project(x, x_adv)
         for _ in range(self.steps):
             x_adv.requires_grad_(True)
             loss = F.cross_entropy(self.model(x_adv), y)

@@ -5,7 +5,9 @@ All methods use manual optimisation (one code path; YOPO needs it):
 - ``natural``: CE(net(x)).
 - ``pgd``: PGD-k adversary (``pgd.steps``, ``pgd.alpha``, random start, eval-mode attack), then
   ``pgd.objective``: ``adv_only`` (Madry: CE(x_adv)) or ``adv_plus_clean`` (the YOPO repo's
-  baselines: CE(x_adv) + CE(x), one optimiser step).
+  baselines: CE(x_adv) + CE(x), one optimiser step). ``pgd.random_start_clamp``: false (default)
+  takes the first gradient at the unclamped x + U(-eps, eps) as the YOPO repo's ``IPGD``; true
+  projects the start to [0, 1] first (Madry's code).
 - ``free``: Free-m (Shafahi et al.): a perturbation kept across minibatches, each minibatch
   replayed ``free.m`` times; every replay is one forward/backward that steps the weights and
   updates delta <- clip(delta + eps sign(grad_delta), -eps, eps).
@@ -20,8 +22,9 @@ All methods use manual optimisation (one code path; YOPO needs it):
   :func:`~odelab.papers.yopo.yopo.trades_yopo_adversary`), then one ordinary TRADES backward;
   two optimisers as YOPO.
 
-Evaluation: clean and PGD robust accuracy (``eval_attack``: steps, alpha, restarts; eps =
-``eps``) in validation and test, eval mode, logged as ``{val,test}/{acc,robust_acc}``.
+Evaluation: clean and PGD robust accuracy (``eval_attack``: steps, alpha, restarts; its
+``eps``, null = the training ``eps``; the random start clamped to [0, 1] as torchattacks) in
+validation and test, eval mode, logged as ``{val,test}/{acc,robust_acc}``.
 ``autoattack_n > 0`` adds torchattacks' AutoAttack (standard) on the first N test images
 (``test/autoattack_acc``). The module counts full and layer-one-only forward/backward passes of
 training (``pass_counts``) with hooks, for the timing callback.
@@ -48,11 +51,17 @@ log = logging.getLogger(__name__)
 METHODS = ("natural", "pgd", "free", "fast", "yopo", "trades", "trades_yopo")
 _DEFAULTS: dict[str, dict[str, Any]] = {
     "yopo": {"m": 5, "n": 3, "sigma": 2 / 255, "layer_one_milestones": None},
-    "pgd": {"steps": 10, "alpha": 2 / 255, "objective": "adv_plus_clean", "eval_mode": True},
+    "pgd": {
+        "steps": 10,
+        "alpha": 2 / 255,
+        "objective": "adv_plus_clean",
+        "eval_mode": True,
+        "random_start_clamp": False,
+    },
     "free": {"m": 8},
     "fast": {"alpha": 10 / 255, "early_stop": False, "check_steps": 5, "check_alpha": 2 / 255},
     "trades": {"beta": 1.0, "steps": 10, "alpha": 0.007},
-    "eval_attack": {"steps": 20, "alpha": 2 / 255, "restarts": 1},
+    "eval_attack": {"steps": 20, "alpha": 2 / 255, "restarts": 1, "eps": None},
 }
 
 
@@ -172,7 +181,8 @@ class AdversarialTraining(pl.LightningModule):
 
     def eval_attack(self) -> PGD:
         e = self.cfg["eval_attack"]
-        return PGD(self.net, self.eps, e["alpha"], e["steps"], restarts=e["restarts"])
+        eps = self.eps if e["eps"] is None else float(e["eps"])
+        return PGD(self.net, eps, e["alpha"], e["steps"], restarts=e["restarts"])
 
     def _opt_step(self, opt) -> None:
         opt.step()
@@ -212,7 +222,8 @@ class AdversarialTraining(pl.LightningModule):
 
     def _train_pgd(self, x, y, batch_idx):
         c = self.cfg["pgd"]
-        atk = PGD(self.net, self.eps, c["alpha"], c["steps"], eval_mode=c["eval_mode"])
+        atk = PGD(self.net, self.eps, c["alpha"], c["steps"], eval_mode=c["eval_mode"],
+                  random_start_clamp=c["random_start_clamp"])  # fmt: skip
         x_adv = atk(x, y)
         logits = self.net(x_adv)
         loss = F.cross_entropy(logits, y)

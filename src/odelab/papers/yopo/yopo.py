@@ -75,11 +75,13 @@ def trades_yopo_adversary(
 ) -> torch.Tensor:
     """TRADES-YOPO-m-n's adversary (official CIFAR10-TRADES code, spec 2.3): the YOPO loop on
     the KL loss to the clean softmax, with the co-state p = -dKL/dz1 from m full passes and n
-    layer-one steps after each; no parameter gradient is kept. Call with ``net`` in eval mode."""
+    layer-one steps after each; no parameter gradient is kept. Call with ``net`` in eval mode.
+    Each full pass sees x + eta unclamped, as the official loop (``net(data + eta)``): only the
+    first, at the 0.001 N(0, 1) start, can leave [0, 1]; the layer-one steps keep x + eta in it."""
     with torch.no_grad():
         p_clean = F.softmax(net(x), dim=1)
     for _ in range(m):
-        logits, z1 = net.forward_with_z1(torch.clamp(x + eta, 0.0, 1.0))
+        logits, z1 = net.forward_with_z1(x + eta)
         (g,) = torch.autograd.grad(trades_kl(logits, p_clean), z1)
         eta = layer_one_steps(net, x, eta, -g.detach(), n, sigma, eps)
     return eta
