@@ -673,7 +673,7 @@ def _download_wheels(dest: Path) -> None:
     for req in DEVICE_WHEELS:
         cmd = [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:",
                *plat, "-d", str(dest), req]  # fmt: skip
-        if subprocess.run(cmd).returncode != 0:
+        if subprocess.run(cmd, capture_output=True).returncode != 0:  # e.g. an sdist only
             build = [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(dest), req]
             if subprocess.run(build).returncode != 0:
                 raise RuntimeError(f"could not get a wheel of {req} for the GPU image")
