@@ -45,6 +45,7 @@ RUN_LOCAL_KEYS = (
     "logger",
     "hydra",
     "ckpt_path",  # resuming continues the same config
+    "retest",  # a finished run tested again: same run
     "print_config",
     "tags",
     "trainer.accelerator",
