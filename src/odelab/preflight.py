@@ -50,11 +50,18 @@ HYDRA_KEYS = {"_target_", "_partial_", "_recursive_", "_convert_", "_args_"}
 class PreflightError(ConfigError):
     """Everything the preflight found, one problem per line."""
 
-    def __init__(self, problems: list[str], header: str = "preflight"):
-        self.problems = problems
+    def __init__(
+        self,
+        problems: list[str],
+        header: str = "preflight",
+        causes: list[BaseException] | None = None,
+    ):
+        self.problems, self.causes = problems, list(causes or [])
         n = len(problems)
         lines = "\n".join(f"  - {p}" for p in problems)
         super().__init__(f"{header}: {n} problem{'s' if n > 1 else ''}, nothing was run:\n{lines}")
+        if self.causes:
+            self.__cause__ = self.causes[0]
 
 
 # -- values -----------------------------------------------------------------------------------
@@ -209,7 +216,7 @@ def check_values(cfg: DictConfig) -> list[str]:
     return problems
 
 
-def check_checkpoints(cfg: DictConfig) -> list[str]:
+def check_checkpoints(cfg: DictConfig, causes: list | None = None) -> list[str]:
     """``ckpt_path`` and a ``test_ckpt`` path are readable Lightning checkpoints."""
     from odelab.utils.checkpoint import CheckpointError, check_checkpoint
 
@@ -222,6 +229,8 @@ def check_checkpoints(cfg: DictConfig) -> list[str]:
             check_checkpoint(value)
         except CheckpointError as e:
             problems.append(f"{key}={value}: {e}")
+            if causes is not None:
+                causes.append(e)
     return problems
 
 
@@ -313,7 +322,9 @@ def _short(v: Any) -> str:
 
 
 # -- data and outputs ---------------------------------------------------------------------------
-def check_data(cfg: DictConfig, seen: dict[str, list[str]] | None = None) -> list[str]:
+def check_data(
+    cfg: DictConfig, seen: dict[str, list[str]] | None = None, causes: list | None = None
+) -> list[str]:
     """The datamodule's arguments are accepted and the data it will read is there."""
     import hydra
 
@@ -336,9 +347,13 @@ def check_data(cfg: DictConfig, seen: dict[str, list[str]] | None = None) -> lis
         check_datamodule(dm)
     except DatasetError as e:
         problems.append(f"data: {e}")
+        if causes is not None:
+            causes.append(e)
     except Exception as e:
         cause = e.__cause__ or e  # Hydra wraps the constructor's error
         problems.append(f"data ({cfg.data._target_}): {type(cause).__name__}: {cause}")
+        if causes is not None:
+            causes.append(e)
     if seen is not None:
         seen[key] = problems
     return problems
@@ -393,9 +408,11 @@ def check_run(
     local: bool = True,
     output_dir: str | os.PathLike | None = None,
     seen: dict | None = None,
+    causes: list | None = None,
 ) -> list[str]:
-    """Every problem of one composed run config (``local``: it runs in this process)."""
-    problems = check_values(cfg) + check_targets(cfg) + check_checkpoints(cfg)
+    """Every problem of one composed run config (``local``: it runs in this process);
+    ``causes`` collects the exceptions behind them."""
+    problems = check_values(cfg) + check_targets(cfg) + check_checkpoints(cfg, causes)
     if local:
         from odelab.callbacks.speed import check_speed_config
 
@@ -403,8 +420,8 @@ def check_run(
             check_speed_config(cfg)
         except ValueError as e:
             problems.append(str(e))
-    if data and not any(p.startswith("data.") for p in problems):  # else its own error first
-        problems += check_data(cfg, seen)
+    if data and not problems:  # a bad value would only come back as the datamodule's error
+        problems += check_data(cfg, seen, causes)
     if output_dir is not None:
         problems += check_output_dir(output_dir)
     return problems
@@ -412,9 +429,10 @@ def check_run(
 
 def preflight(cfg: DictConfig, **kwargs: Any) -> None:
     """Raise :class:`PreflightError` listing every problem of ``cfg`` (see :func:`check_run`)."""
-    problems = check_run(cfg, **kwargs)
+    causes: list[BaseException] = []
+    problems = check_run(cfg, causes=causes, **kwargs)
     if problems:
-        raise PreflightError(problems)
+        raise PreflightError(problems, causes=causes)
 
 
 # -- sweeps -------------------------------------------------------------------------------------
@@ -439,8 +457,12 @@ def check_points(
         except Exception as e:
             problems.append(f"job {i} ({' '.join(point)}): does not compose: {e}")
             continue
+        switch = OmegaConf.select(cfg, "hydra.callbacks.preflight", default=None) or {}
+        if not switch.get("enabled", True):
+            continue
         with hydra_config(cfg):
-            found = check_run(cfg, data=data, local=False, seen=seen) + check_cluster(cfg)
+            use_data = data and switch.get("data", True)
+            found = check_run(cfg, data=use_data, local=False, seen=seen) + check_cluster(cfg)
         tag = f"job {i} ({' '.join(point)})" if len(points) > 1 else ""
         problems += [f"{tag}: {p}" if tag else p for p in found]
     return problems
@@ -477,14 +499,15 @@ class Preflight(Callback):
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         if not self.enabled:
             return
+        causes: list[BaseException] = []
         try:
             with hydra_config(config):
                 out = config.hydra.run.dir
-                problems = check_run(config, data=self.data, output_dir=out)
+                problems = check_run(config, data=self.data, output_dir=out, causes=causes)
         except Exception as e:  # a bug here must not pass as "all clear"
-            problems = [f"the preflight itself failed: {type(e).__name__}: {e}"]
+            problems, causes = [f"the preflight itself failed: {type(e).__name__}: {e}"], [e]
         if problems:
-            fail(PreflightError(problems))
+            fail(PreflightError(problems, causes=causes))
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         if not self.enabled:
@@ -508,6 +531,7 @@ class Preflight(Callback):
                 problems += check_output_dir(config.hydra.sweep.dir, lock=False)
         except Exception as e:
             problems = [f"the preflight itself failed: {type(e).__name__}: {e}"]
+            fail(PreflightError(problems, header="sweep preflight", causes=[e]))
         if problems:
             fail(PreflightError(problems, header=f"sweep preflight ({len(points)} jobs)"))
 
@@ -534,7 +558,36 @@ def fail(error: BaseException, code: int = 2) -> None:
     """Print ``error`` as its message alone (with its traceback under ``HYDRA_FULL_ERROR=1``) and
     exit with ``code``: a Hydra callback's exceptions would only be warnings."""
     if os.environ.get("HYDRA_FULL_ERROR") == "1":
+        if error.__traceback__ is None:  # give it the stack it was found at
+            try:
+                raise error
+            except BaseException as e:
+                error = e
         traceback.print_exception(error)
     sys.stderr.write(f"{error}\n")
     sys.stderr.flush()
     raise SystemExit(code)
+
+
+def main(argv: list[str]) -> int:
+    """``python -m odelab.preflight [overrides]``: check the run those overrides compose (a
+    sweep's every point) without running it; exit 2 with the problems, 0 when all pass."""
+    from hydra.core.global_hydra import GlobalHydra
+
+    from odelab.utils.config import compose_config
+
+    try:
+        compose_config([], return_hydra_config=True)
+        points = sweep_points(argv, GlobalHydra.instance().config_loader())
+        problems = check_points(points, lambda ov: compose_config(ov, return_hydra_config=True))
+    except Exception as e:
+        problems = [f"{type(e).__name__}: {e}"]
+    if problems:
+        print(PreflightError(problems), file=sys.stderr)
+        return 2
+    print(f"preflight: {len(points)} run(s) passed")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -244,22 +244,27 @@ def _recorded_score(record: dict, cfg: DictConfig) -> float | None:
 
 def _retest_ckpt(cfg: DictConfig, out: Path, record: dict) -> str:
     """The checkpoint file of this run dir that ``test_ckpt`` names for a finished run."""
-    from odelab.utils.checkpoint import CheckpointError, in_dir
+    from odelab.utils.checkpoint import CheckpointError, checkpoint_position, in_dir
 
     ckdir = Path(OmegaConf.select(cfg, "callbacks.model_checkpoint.dirpath", default=None) or (
         out / "checkpoints"))  # fmt: skip
     choice = cfg.get("test_ckpt", "best")
-    if choice == "best":
+    if choice not in ("best", "last"):
+        return str(choice)
+    path = in_dir(record.get("tested_ckpt"), ckdir)  # the file the finished run tested
+    if path is None and choice == "best":
         path = in_dir(record.get("best_model_path"), ckdir)
-    elif choice == "last":
-        path = in_dir(ckdir / "last.ckpt", ckdir)
-    else:
-        path = str(choice)
-    path = path or in_dir(record.get("tested_ckpt"), ckdir)
+    if path is None and choice == "last":  # tested in memory: a file with the final weights?
+        for name in ("final.ckpt", "last.ckpt"):
+            pos = checkpoint_position(ckdir / name)
+            if pos is not None and pos["global_step"] == record.get("global_step"):
+                path = pos["path"]
+                break
     if not path:
         raise CheckpointError(
-            f"retest=true: no '{choice}' checkpoint of this run in {ckdir}; pass "
-            "test_ckpt=<a checkpoint file>"
+            f"retest=true: no checkpoint in {ckdir} holds the weights this run tested "
+            f"(test_ckpt={choice}; last.ckpt is rewritten only with a new best, so it may "
+            "predate the final epoch); pass test_ckpt=best or test_ckpt=<a checkpoint file>"
         )
     return path
 
@@ -282,14 +287,19 @@ def _resume_ckpt(cfg: DictConfig, out: Path) -> str | None:
 
 def _in_memory(trainer) -> str | None:
     """The ``ckpt_path`` that tests the weights in memory: ``None``, unless Lightning would load
-    a SLURM ``hpc_ckpt`` for ``None`` (then ``last.ckpt``, saved at the end of fit)."""
+    a SLURM ``hpc_ckpt`` for ``None``; then those weights saved as ``final.ckpt`` beside the
+    other checkpoints (``last.ckpt`` is not it: Lightning 2.x rewrites it only together with a
+    new top-k checkpoint, so it may predate the final epoch)."""
     from odelab.utils.checkpoint import hpc_checkpoints
 
     if not hpc_checkpoints(trainer.default_root_dir):
         return None
     ckpt = trainer.checkpoint_callback
-    last = Path(ckpt.dirpath) / "last.ckpt" if ckpt is not None and ckpt.dirpath else None
-    return str(last) if last is not None and last.is_file() else None
+    folder = Path(ckpt.dirpath) if ckpt is not None and ckpt.dirpath else Path(
+        trainer.default_root_dir)  # fmt: skip
+    path = str(folder / "final.ckpt")
+    trainer.save_checkpoint(path)
+    return path
 
 
 def _test_ckpt(cfg: DictConfig, trainer) -> str | None:

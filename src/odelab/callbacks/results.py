@@ -138,6 +138,7 @@ class ResultsWriter(pl.Callback):
         self._fit_t0: float | None = None
         self._attempts = 0
         self._restored_record = False
+        self._restore_state = False  # only a checkpoint resumed by fit carries the record on
         self._wrote = False
         self.git_commit = git_commit()
 
@@ -174,6 +175,8 @@ class ResultsWriter(pl.Callback):
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        if not self._restore_state:  # trainer.test(ckpt_path=...) restores callbacks too
+            return
         self._train_time = float(state.get("train_time_s", 0.0))
         self.metrics.update(state.get("metrics") or {})
         self._attempts = int(state.get("attempts", 0))
@@ -182,6 +185,7 @@ class ResultsWriter(pl.Callback):
         """A run resumed in a directory other than the one its checkpoint was written in (a
         copied or moved run dir) keeps ModelCheckpoint's best/last/top-k paths only where they
         are files of *this* run's checkpoint dir: never another directory's files."""
+        self._restore_state = trainer.state.fn == "fit"
         states = checkpoint.get("callbacks") or {}
         for cb in trainer.checkpoint_callbacks:
             state, dirpath = (

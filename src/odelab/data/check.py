@@ -53,11 +53,12 @@ def file_problem(path: str | os.PathLike) -> str | None:
         if stated and stated > size:
             return f"truncated BMP ({size} bytes, its header says {stated})"
     elif head[:2] == b"\x00\x00" and head[2:3] == b"\x08" and head[3:4] in (b"\x01", b"\x03"):
-        ndim = head[3]
+        ndim = head[3]  # IDX: 0, 0, 0x08 (ubyte), ndim, then ndim big-endian sizes, then data
         dims = [int.from_bytes(head[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
-        want = 4 + 4 * ndim
+        want = 1
         for d in dims:
             want *= d
+        want += 4 + 4 * ndim
         if len(dims) == ndim and size < want:
             return f"truncated IDX file ({size} bytes, its dimensions {dims} need {want})"
     elif head.startswith(b"\x1f\x8b") and size < 20:

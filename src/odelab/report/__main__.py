@@ -22,6 +22,8 @@ from odelab.report import report_paper
 from odelab.report.sources import collect, default_sources
 from odelab.report.table import EXPERIMENTS_DIR, papers
 
+log = logging.getLogger("odelab.report")
+
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
@@ -70,6 +72,15 @@ def main(argv: list[str] | None = None) -> int:
         if not explicit:  # the defaults that exist: results.md names exactly what it read
             sources = [s for s in default_sources(paper) if Path(s).exists()]
         runs = collect(sources, paper=paper, missing_ok=not explicit)
+        if not runs:
+            defaults = ", ".join(str(s) for s in default_sources(paper))
+            where = ", ".join(sources) if sources else f"none of the default sources ({defaults})"
+            log.warning(
+                "%s: no run records of this paper in %s; the tables will list the paper's numbers "
+                "with no 'ours' column values (pass --from <dir with results.json files>)",
+                paper,
+                where,
+            )
         out_dir = (args.out / paper) if args.out else EXPERIMENTS_DIR / paper
         wandb_on = args.wandb
         if wandb_on is None:

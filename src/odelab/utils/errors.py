@@ -63,20 +63,26 @@ def storage_error(exc: BaseException, path: str | os.PathLike) -> StorageError |
     path = Path(path)
     full = os_error_in(exc, DISK_FULL)
     if full is not None:
-        return StorageError(
+        return _with_errno(
             full.errno,
             f"no space left on the device writing {path} ({_free(path.parent)}); free space "
             "there, or write the run elsewhere (paths.log_dir=... / hydra.run.dir=...)",
         )
     denied = os_error_in(exc, NO_WRITE)
     if denied is not None:
-        return StorageError(
+        return _with_errno(
             denied.errno,
             f"cannot write {path}: {denied.strerror or 'permission denied'}; make "
             f"{path.parent} writable, or write the run elsewhere (paths.log_dir=... / "
             "hydra.run.dir=...)",
         )
     return None
+
+
+def _with_errno(number: int, message: str) -> StorageError:
+    err = StorageError(message)  # str(err) is the message alone, no "[Errno n]"
+    err.errno = number
+    return err
 
 
 def writable_dir_problem(path: str | os.PathLike) -> str | None:
