@@ -246,7 +246,7 @@ def test_checkpoint_paths_from_another_dir_are_rebased_or_dropped(tmp_path):
         "best_k_models": {str(there / "epoch_003.ckpt"): 0.9, str(there / "gone.ckpt"): 0.1},
     }
     cb = SimpleNamespace(state_key="MC", dirpath=str(here))
-    trainer = SimpleNamespace(checkpoint_callbacks=[cb])
+    trainer = SimpleNamespace(checkpoint_callbacks=[cb], state=SimpleNamespace(fn="fit"))
     writer = ResultsWriter(str(tmp_path), "p", "e", 0)
     writer.on_load_checkpoint(trainer, None, {"callbacks": {"MC": state}})
     assert state["dirpath"] == str(here) and state["last_model_path"] == ""

@@ -244,9 +244,9 @@ def test_cli_sweep_checks_every_point_before_the_first_job(tmp_path):
         f"hydra.sweep.dir={sweep}",
     )
     assert p.returncode == 2, p.stderr[-2000:]
-    assert p.stderr.startswith("sweep preflight (4 jobs): 4 problems")  # jobs 1 and 2, 3 twice
-    assert "job 2 (" in p.stderr and "seed=-1 is invalid" in p.stderr
-    assert "job 1 (" in p.stderr and "trainer.max_epochs='x' is invalid" in p.stderr
+    assert p.stderr.startswith("sweep preflight (4 jobs): 2 problems")  # each named once
+    assert "jobs 2, 3: seed=-1 is invalid" in p.stderr
+    assert "jobs 1, 3: trainer.max_epochs='x' is invalid" in p.stderr
     assert "job 0" not in p.stderr
     assert not sweep.exists()  # no job ran, nothing was written
 

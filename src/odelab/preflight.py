@@ -58,7 +58,7 @@ class PreflightError(ConfigError):
     ):
         self.problems, self.causes = problems, list(causes or [])
         n = len(problems)
-        lines = "\n".join(f"  - {p}" for p in problems)
+        lines = "\n".join("  - " + p.replace("\n", "\n    ") for p in problems)
         super().__init__(f"{header}: {n} problem{'s' if n > 1 else ''}, nothing was run:\n{lines}")
         if self.causes:
             self.__cause__ = self.causes[0]
@@ -449,22 +449,31 @@ def sweep_points(overrides: list[str], loader, params: dict | None = None) -> li
 def check_points(
     points: list[list[str]], compose: Callable[[list[str]], DictConfig], data: bool = True
 ) -> list[str]:
-    """Compose every point with ``compose`` and check it; problems prefixed with the point."""
-    problems, seen = [], {}
+    """Compose every point with ``compose`` and check it; each problem once, prefixed with the
+    point (or the points) it concerns."""
+    found: dict[str, list[int]] = {}
+    seen: dict = {}
     for i, point in enumerate(points):
         try:
             cfg = compose(point)
         except Exception as e:
-            problems.append(f"job {i} ({' '.join(point)}): does not compose: {e}")
+            found.setdefault(f"does not compose: {e}", []).append(i)
             continue
         switch = OmegaConf.select(cfg, "hydra.callbacks.preflight", default=None) or {}
         if not switch.get("enabled", True):
             continue
         with hydra_config(cfg):
             use_data = data and switch.get("data", True)
-            found = check_run(cfg, data=use_data, local=False, seen=seen) + check_cluster(cfg)
-        tag = f"job {i} ({' '.join(point)})" if len(points) > 1 else ""
-        problems += [f"{tag}: {p}" if tag else p for p in found]
+            for p in check_run(cfg, data=use_data, local=False, seen=seen) + check_cluster(cfg):
+                found.setdefault(p, []).append(i)
+    problems = []
+    for problem, jobs in found.items():
+        if len(points) == 1:
+            problems.append(problem)
+        elif len(jobs) == 1:
+            problems.append(f"job {jobs[0]} ({' '.join(points[jobs[0]])}): {problem}")
+        else:
+            problems.append(f"jobs {', '.join(map(str, jobs))}: {problem}")
     return problems
 
 
@@ -572,13 +581,11 @@ def fail(error: BaseException, code: int = 2) -> None:
 def main(argv: list[str]) -> int:
     """``python -m odelab.preflight [overrides]``: check the run those overrides compose (a
     sweep's every point) without running it; exit 2 with the problems, 0 when all pass."""
-    from hydra.core.global_hydra import GlobalHydra
+    from odelab.utils.config import compose_config, config_loader
 
-    from odelab.utils.config import compose_config
-
+    points: list[list[str]] = []
     try:
-        compose_config([], return_hydra_config=True)
-        points = sweep_points(argv, GlobalHydra.instance().config_loader())
+        points = sweep_points(argv, config_loader())
         problems = check_points(points, lambda ov: compose_config(ov, return_hydra_config=True))
     except Exception as e:
         problems = [f"{type(e).__name__}: {e}"]

@@ -134,6 +134,15 @@ def compose_config(overrides: list[str], return_hydra_config: bool = False) -> D
         return compose("config", overrides=overrides, return_hydra_config=return_hydra_config)
 
 
+def config_loader():
+    """A Hydra config loader over ``conf/`` (what parses sweep overrides outside a running app)."""
+    from hydra._internal.config_loader_impl import ConfigLoaderImpl
+    from hydra._internal.utils import create_config_search_path
+
+    path = create_config_search_path(f"file://{CONFIG_DIR}")
+    return ConfigLoaderImpl(config_search_path=path)
+
+
 def unknown_key_hints(overrides: list[str]) -> list[str]:
     """For ``a.b.c=v`` overrides naming a key the composed config lacks: what is valid there.
 

@@ -98,9 +98,8 @@ def refuse_repeated_keys(entry: str, extra: list[str]) -> None:
 def check_table(table: str, extra: list[str]) -> list[str]:
     """Preflight every job of every entry of ``table`` with ``extra`` overrides (the launcher
     is ``hydra/launcher=slurm``, as ``slurm/sweep.sh`` runs it); every problem, one per line."""
-    from hydra.core.global_hydra import GlobalHydra
-
     from odelab.preflight import check_points, sweep_points
+    from odelab.utils.config import config_loader
 
     problems = []
     for i, entry in enumerate(load_sweep(table)["runs"]):
@@ -110,8 +109,7 @@ def check_table(table: str, extra: list[str]) -> list[str]:
             problems.append(f"entry {i}: {e}")
             continue
         overrides = ["hydra/launcher=slurm", *entry.split(), *extra]
-        compose_config(overrides[:1], return_hydra_config=True)  # a config loader to parse with
-        points = sweep_points(overrides, GlobalHydra.instance().config_loader())
+        points = sweep_points(overrides, config_loader())
         found = check_points(points, lambda ov: compose_config(ov, return_hydra_config=True))
         problems += [f"entry {i}: {p}" for p in found]
     return problems
@@ -159,7 +157,7 @@ def main(argv: list[str]) -> int:
                     str(err).replace("nothing was run", "nothing was submitted"), file=sys.stderr
                 )
                 return 2
-            print(f"sweep preflight: every job of {argv[1]} passed")
+            print(f"preflight: every job of {argv[1]} passed")
         else:
             for run in load_sweep(argv[1])["runs"]:
                 print(" ".join(run.split()))
