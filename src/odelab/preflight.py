@@ -423,7 +423,10 @@ def check_run(
     if data and not problems:  # a bad value would only come back as the datamodule's error
         problems += check_data(cfg, seen, causes)
     if output_dir is not None:
-        problems += check_output_dir(output_dir)
+        from odelab.utils.runlock import is_rank_zero
+
+        # the other ranks of a DDP run share rank 0's dir (and its lock)
+        problems += check_output_dir(output_dir, lock=is_rank_zero())
     return problems
 
 

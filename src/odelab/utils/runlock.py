@@ -64,8 +64,6 @@ def _owner() -> dict:
 
 def _stale(holder: dict) -> str | None:
     """Why the lock of ``holder`` may be taken over (``None``: it is held)."""
-    if not holder:
-        return "it was released"
     me = _owner()
     if holder.get("slurm_job") and holder.get("slurm_job") == me["slurm_job"]:
         return f"an earlier attempt of SLURM job {me['slurm_job']}"
@@ -110,6 +108,8 @@ def run_lock(output_dir: str | os.PathLike) -> Iterator[Path | None]:
             if holder is None:  # being written this instant, or left empty by a crash
                 time.sleep(0.2)
                 holder = _read(path)
+            if holder == {}:  # released meanwhile
+                continue
             why = "its lock file is empty or unreadable" if holder is None else _stale(holder)
             if why is None:
                 raise RunLockedError(
