@@ -3,16 +3,19 @@
 #
 #   slurm/sweep.sh lm_resnet_cifar10_table              # slurm/sweeps/<table>.yaml
 #   slurm/sweep.sh lm_resnet_cifar10_table hydra.launcher.partition=gpu   # extra overrides
-#   slurm/sweep.sh --dry-run lm_resnet_cifar10_table    # print the commands only
+#   slurm/sweep.sh --dry-run lm_resnet_cifar10_table    # check every job, print the commands
 #   slurm/sweep.sh --list
 #
-# Every entry of the table's `runs` becomes `python run.py -m hydra/launcher=slurm <entry>
+# First every job of every entry is composed and checked (odelab.preflight: values, unknown keys,
+# data, checkpoints, GPUs in the partition; an extra override may not repeat a key the table
+# sets): nothing is submitted unless all pass. Then every entry of the table's `runs` becomes `python run.py -m hydra/launcher=slurm <entry>
 # <extra overrides>` (one SLURM job per point of the entry's product), all entries submitted at
 # once. Each launcher waits for its jobs and prints their results, so run this in tmux/screen or
 # with nohup; stopping it does not cancel jobs already submitted. Outputs go to
 # $ODELAB_LOG_DIR/sweeps/<table>/<time>/<entry>/<job>_<experiment>/ (results.json per job).
-# Set ODELAB_SWEEP_DIR to an earlier sweep's <time> dir to rerun it in place: finished jobs are
-# tested again from their checkpoints, unfinished ones resume from theirs (auto_resume).
+# Set ODELAB_SWEEP_DIR to an earlier sweep's <time> dir to rerun it in place: finished jobs say
+# so and are skipped (retest=true tests them again), unfinished ones resume from their
+# checkpoints (auto_resume).
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 PY=${ODELAB_PYTHON:-$ROOT/.venv/bin/python}
@@ -26,6 +29,7 @@ if [ "${1:-}" = "--list" ] || [ -z "${1:-}" ]; then
   [ -n "${1:-}" ]; exit $?
 fi
 TABLE=$1; shift
+"$PY" -m odelab.utils.slurm check "$TABLE" "$@" || exit 2
 mapfile -t RUNS < <("$PY" -m odelab.utils.slurm sweep "$TABLE")
 [ ${#RUNS[@]} -gt 0 ] || exit 2
 NAME=$(basename "$TABLE" .yaml)

@@ -93,17 +93,23 @@ class SigtermAt(pl.Callback):
 @pytest.mark.slow  # mid-epoch SIGTERM; tests/test_slurm.py covers SIGTERM at an epoch end
 def test_sigterm_saves_a_checkpoint_that_a_restart_resumes(run_experiment):
     common = [*TINY, "seed=2"]
-    with pytest.raises(SystemExit):  # Lightning's SIGTERMException, after the current batch
+    with pytest.raises(SystemExit) as stop:  # Lightning's SIGTERMException, after the batch
         run_experiment(
             [*common, "+callbacks.kill._target_=test_resume.SigtermAt", "+callbacks.kill.step=3"],
             name="run",
         )
+    assert stop.value.code == 143  # 128 + SIGTERM: shells and sacct see an unfinished run
     out = Path(os.environ["ODELAB_LOG_DIR"]).parent / "run"
     hpc = sorted(out.glob("hpc_ckpt_*.ckpt"))
     assert [p.name for p in hpc] == ["hpc_ckpt_1.ckpt"]
     ckpt = torch.load(hpc[0], map_location="cpu", weights_only=False)
     assert ckpt["global_step"] == 3 and ckpt["epoch"] == 0
-    assert results(out)["status"] == "failed" and "SIGTERM" in results(out)["error"]
+    # issue 19 changed this premise: an interrupted run is "interrupted", not "failed", and its
+    # record names the checkpoint a restart resumes, with that checkpoint's epoch and step
+    cut = results(out)
+    assert cut["status"] == "interrupted" and cut["interrupted_by"] == "SIGTERM"
+    assert cut["resume_checkpoint"] == {"path": str(hpc[0]), "epoch": 0, "global_step": 3}
+    assert cut["epochs"] == 0 and cut["global_step"] == 3
     assert find_resume_checkpoint(out) == str(hpc[0])
     run_experiment(common, name="run")
     res = results(out)

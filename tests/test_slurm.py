@@ -1,7 +1,10 @@
 """Against a real SLURM cluster (``slurm/local_cluster.sh start``; ``.ci/run`` does it):
 a 2-job Hydra multirun through ``hydra/launcher=slurm`` (via ``slurm/sweep.sh``), 2-process gloo
 DDP with one SLURM task per device, and a training job requeued mid-training that resumes from its
-checkpoint and ends as an uninterrupted job does, with the same W&B run id.
+checkpoint and ends as an uninterrupted job does, with the same W&B run id. Issue 19: a failed
+job is FAILED in sacct (not COMPLETED 0:0), so is a job stopped by SIGTERM (exit 143, with an
+``interrupted`` record); ``trainer.accelerator=auto`` runs on this CPU-only cluster; a job runs
+as many threads as it has CPUs; the preflight refuses a sweep before anything is submitted.
 
 Run with ``pytest -m slurm`` (excluded from the default run); skipped when no cluster is up.
 """
@@ -269,3 +272,115 @@ def test_launcher_job_signalled_before_its_time_limit_resumes(tmp_path):
     assert "requeue" in job_log.lower(), job_log[-3000:]
     runs = sorted((run_dir / "wandb").glob("offline-run-*"))
     assert len(runs) == 2 and {r.name.rsplit("-", 1)[1] for r in runs} == {run_id(str(run_dir))}
+
+
+def _state_and_exit(job: str) -> tuple[str, str]:
+    p = subprocess.run(
+        ["sacct", "-n", "-X", "-P", "-o", "State,ExitCode", "-j", job],
+        capture_output=True,
+        text=True,
+    )
+    state, _, code = p.stdout.strip().split("\n")[0].partition("|")
+    return state.split()[0], code
+
+
+def test_failed_job_is_failed_auto_runs_on_cpus_and_threads_follow_the_allocation(tmp_path):
+    """Two jobs, ``trainer.accelerator`` left at ``auto`` (no GPU request on this CPU-only
+    cluster): depth 14 finishes with one thread (cpus_per_task=1); depth 15 (an impossible
+    LM-ResNet, found only when the model is built) fails, is FAILED in sacct, and the launcher
+    exits non-zero."""
+    sweep = tmp_path / "sweep"
+    auto = [o for o in SMALL if not o.startswith(("trainer.accelerator", "model.net.depth"))]
+    p = subprocess.run(
+        [
+            sys.executable,
+            "run.py",
+            "-m",
+            "hydra/launcher=slurm",
+            "experiment=lm_resnet_mnist",
+            "debug=limit",  # not fdr: it sets trainer.accelerator=cpu
+            "trainer.max_epochs=1",
+            "logger=csv",
+            "model.net.depth=14,15",
+            *auto,
+            *LAUNCHER,
+            f"hydra.sweep.dir={sweep}",
+        ],
+        cwd=ROOT,
+        env={**_env(tmp_path), "OMP_NUM_THREADS": "4"},  # the submitting shell's: not the job's
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert p.returncode != 0, p.stdout[-2000:]
+    jobs = sorted(
+        d.name for d in (sweep / ".submitit").iterdir() if d.name[0].isdigit() and "_" in d.name
+    )
+    assert len(jobs) == 2, jobs  # the two array tasks
+    states = {j: _wait(j) for j in jobs}
+    done = _results(next(sweep.glob("0_*/results.json")))
+    assert done["status"] == "finished" and done["config"]["trainer"]["accelerator"] == "auto"
+    assert done["hardware"]["accelerator"] == "cpu" and done["hardware"]["torch_threads"] == 1
+    assert not list(sweep.glob("1_*/results.json"))  # it failed building the model: no record
+    assert sorted(states.values()) == ["COMPLETED", "FAILED"], states
+    err = _log(sweep / ".submitit", "*_log.err")
+    assert "depth=15 is impossible" in err
+
+
+def test_sigterm_stops_a_job_as_failed_143_with_an_interrupted_record(tmp_path):
+    """``scancel --signal=TERM`` (the signal alone, no cancel): the run saves hpc_ckpt, writes
+    an ``interrupted`` record with it, and exits 143; sacct says FAILED 143 (was COMPLETED 0:0)."""
+    job = _sh(
+        "sbatch",
+        "--parsable",
+        "--cpus-per-task=1",
+        "--time=10",
+        f"--output={tmp_path}/slurm-%j.out",
+        "slurm/train.sbatch",
+        "experiment=lm_resnet_mnist",
+        "logger=csv",
+        "trainer.max_epochs=3",
+        *SMALL,
+        "+callbacks.pause._target_=slurm_callbacks.PauseOnFirstAttempt",
+        f"+callbacks.pause.flag={tmp_path}/paused",
+        env=_env(tmp_path),
+    ).stdout.strip()
+    t0 = time.monotonic()
+    while not (tmp_path / "paused").exists():
+        assert time.monotonic() - t0 < 180, _log(tmp_path, f"slurm-{job}.out")[-3000:]
+        time.sleep(0.5)
+    _sh("scancel", "--signal=TERM", job)
+    assert _wait(job) == "FAILED", _log(tmp_path, f"slurm-{job}.out")[-3000:]
+    state, code = _state_and_exit(job)
+    assert code != "0:0", (state, code)  # slurm 22.05 shows the run's exit 143 as "15:0"
+    assert "run interrupted (exit 143)" in _log(tmp_path, f"slurm-{job}.out")
+    run_dir = tmp_path / "logs" / "lm_resnet_mnist" / "slurm" / job
+    res = _results(run_dir / "results.json")
+    assert res["status"] == "interrupted" and res["interrupted_by"] == "SIGTERM"
+    assert res["resume_checkpoint"]["path"] == str(run_dir / "hpc_ckpt_1.ckpt")
+    assert res["resume_checkpoint"]["epoch"] == res["epochs"] == 1
+
+
+def test_the_launcher_refuses_a_sweep_before_submitting(tmp_path):
+    sweep = tmp_path / "sweep"
+    p = subprocess.run(
+        [
+            sys.executable,
+            "run.py",
+            "-m",
+            "hydra/launcher=slurm",
+            "experiment=lm_resnet20_cifar10",
+            f"paths.data_dir={tmp_path / 'no_data'}",
+            "seed=0,1",
+            *LAUNCHER,
+            f"hydra.sweep.dir={sweep}",
+        ],
+        cwd=ROOT,
+        env=_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert p.returncode == 2 and p.stderr.startswith("sweep preflight (2 jobs)"), p.stderr
+    assert "jobs 0, 1: data: CIFAR-10: 7 data file(s) not usable" in p.stderr
+    assert not sweep.exists()  # nothing submitted, nothing written

@@ -73,14 +73,29 @@ def test_sweep_tables_name_existing_experiments_and_compose(table):
         assert cfg.hydra.launcher.tasks_per_node == cfg.trainer.devices
 
 
-def test_sweep_sh_dry_run_and_unknown_table():
-    p = subprocess.run(
-        ["slurm/sweep.sh", "--dry-run", "lm_resnet_sd_table", "trainer.max_epochs=1"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        env={**os.environ, "ODELAB_PYTHON": sys.executable},
+@pytest.fixture(scope="module")
+def tiny_cifar(tmp_path_factory):
+    """CIFAR-10 and CIFAR-100 in their canonical formats: the dry run's preflight checks them."""
+    from canonical_data import write_cifar10, write_cifar100
+
+    root = tmp_path_factory.mktemp("data")
+    write_cifar10(root, n_per_batch=10)
+    write_cifar100(root, n_train=20, n_test=10)
+    return root
+
+
+def _sweep(*args: str, data_dir=None, env=None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "ODELAB_PYTHON": sys.executable, **(env or {})}
+    if data_dir is not None:
+        env["ODELAB_DATA_DIR"] = str(data_dir)
+    return subprocess.run(
+        ["slurm/sweep.sh", *args], cwd=ROOT, capture_output=True, text=True, env=env
     )
+
+
+def test_sweep_sh_dry_run_and_unknown_table(tiny_cifar):
+    # the dry run now runs the preflight, which checks the data: give it data (issue 19)
+    p = _sweep("--dry-run", "lm_resnet_sd_table", "trainer.max_epochs=1", data_dir=tiny_cifar)
     assert p.returncode == 0, p.stderr
     cmds = [line for line in p.stdout.splitlines() if line.startswith("sweep ")]
     assert len(cmds) == len(load_sweep("lm_resnet_sd_table")["runs"]) == 2
@@ -142,3 +157,91 @@ def test_slurm_scripts_parse_and_print_usage():
         assert subprocess.run(["bash", "-n", f"slurm/{script}"], cwd=ROOT).returncode == 0
     p = subprocess.run(["slurm/local_cluster.sh"], cwd=ROOT, capture_output=True, text=True)
     assert p.returncode == 2 and "start|stop|status" in p.stderr
+
+
+def test_sweep_sh_dry_run_checks_every_job_and_refuses_a_swept_key(tiny_cifar, tmp_path):
+    p = _sweep("--dry-run", "lm_resnet_sd_table", "seed=5", data_dir=tiny_cifar)
+    assert p.returncode == 2 and "sweep " not in p.stdout  # nothing printed as submitted
+    assert "nothing was submitted" in p.stderr
+    assert "seed=5 (the table sets seed=0,1,2) would replace a key the table sets" in p.stderr
+    p = _sweep("--dry-run", "lm_resnet_sd_table", "trainer.max_epochs=abc", data_dir=tiny_cifar)
+    assert p.returncode == 2 and "jobs 0, 1, 2, 3, 4, 5: trainer.max_epochs='abc'" in p.stderr
+    p = _sweep("--dry-run", "lm_resnet_sd_table", data_dir=tmp_path / "nothing")
+    assert p.returncode == 2 and "CIFAR-100: 3 data file(s) not usable" in p.stderr
+    assert f"{tmp_path / 'nothing'}/cifar10/cifar-10-batches-py/test_batch: missing" in p.stderr
+
+
+def _fake(bin_dir, name: str, script: str) -> None:
+    bin_dir.mkdir(exist_ok=True)
+    path = bin_dir / name
+    path.write_text("#!/usr/bin/env bash\n" + script)
+    path.chmod(0o755)
+
+
+def test_train_sbatch_checks_then_sizes_cpus_from_config_or_argument(tmp_path):
+    """Run directly, train.sbatch runs the preflight, then submits itself with the job shape
+    and --cpus-per-task from the argument, else hydra.launcher.cpus_per_task (no hard-coded 8
+    that small nodes cannot give). A fake sbatch records the options it was given."""
+    fake = tmp_path / "bin"
+    _fake(fake, "sbatch", f'echo "$@" > {tmp_path}/sbatch_args\n')
+    env = {**os.environ, "ODELAB_PYTHON": sys.executable, "PATH": f"{fake}:{os.environ['PATH']}"}
+    env.pop("SLURM_JOB_ID", None)
+
+    def submit(*args):
+        return subprocess.run(["bash", "slurm/train.sbatch", *args], cwd=ROOT,
+                              capture_output=True, text=True, env=env)  # fmt: skip
+
+    run = ["experiment=lm_resnet_mnist", "trainer=cpu"]
+    p = submit(*run)
+    assert p.returncode == 0, p.stderr[-2000:]
+    args = (tmp_path / "sbatch_args").read_text().split()
+    assert "--cpus-per-task=8" in args and "--nodes=1" in args and "--ntasks-per-node=1" in args
+    assert not any(a.startswith("--gpus-per-node") for a in args)
+    p = submit("--cpus-per-task=2", *run)
+    assert p.returncode == 0 and "--cpus-per-task=2" in (tmp_path / "sbatch_args").read_text()
+    (tmp_path / "sbatch_args").unlink()
+    p = submit(*run, "trainer.max_epochs=abc")
+    assert p.returncode == 2 and "trainer.max_epochs='abc' is invalid" in p.stderr
+    assert not (tmp_path / "sbatch_args").exists()  # nothing submitted
+    assert "#SBATCH --cpus-per-task" not in (ROOT / "slurm" / "train.sbatch").read_text()
+
+
+def test_auto_accelerator_asks_for_gpus_only_where_the_partition_has_them(tmp_path, monkeypatch):
+    from odelab.utils.config import cluster_gpus, gpus_per_node
+
+    fake = tmp_path / "bin"
+    monkeypatch.setenv("PATH", f"{fake}:{os.environ['PATH']}")
+    _fake(fake, "sinfo", 'echo "debug*|(null)"; echo "gpu|gpu:a100:4(S:0-1),tmp:1"\n')
+    cluster_gpus.cache_clear()
+    try:
+        assert gpus_per_node("auto", 1) is None  # the default partition: CPUs only
+        assert gpus_per_node("auto", 2, "gpu") == 2 and cluster_gpus("gpu") == 4
+        assert gpus_per_node("gpu", 1) == 1  # explicit: asked for (the preflight refuses it)
+        cpu = launcher(["trainer.accelerator=auto"])
+        assert cpu.gpus_per_node is None and cpu.tasks_per_node == 1
+        cfg = compose_config(["hydra/launcher=slurm", "trainer=gpu"], return_hydra_config=True)
+        from odelab.preflight import check_cluster, hydra_config
+
+        with hydra_config(cfg):
+            (problem,) = check_cluster(cfg)
+        assert "asks SLURM for 1 GPU(s)" in problem and "add trainer=cpu" in problem
+    finally:
+        cluster_gpus.cache_clear()
+
+
+def test_threads_follow_the_slurm_allocation(monkeypatch):
+    import torch
+
+    from odelab.utils.slurm import use_allocated_cpus
+
+    n = torch.get_num_threads()
+    monkeypatch.delenv("SLURM_JOB_ID", raising=False)
+    assert use_allocated_cpus() is None
+    monkeypatch.setenv("SLURM_JOB_ID", "12")
+    monkeypatch.setenv("SLURM_CPUS_PER_TASK", "1")
+    monkeypatch.setenv("OMP_NUM_THREADS", "4")  # the submitting shell's: the allocation wins
+    try:
+        assert use_allocated_cpus() == 1
+        assert torch.get_num_threads() == 1 and os.environ["OMP_NUM_THREADS"] == "1"
+    finally:
+        torch.set_num_threads(n)

@@ -65,13 +65,26 @@ class PreemptionCheckpoint(pl.Callback):
     ``--signal=USR1@90`` makes Lightning checkpoint and requeue (see ``slurm/README.md``).
     """
 
-    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception) -> None:
+    def __init__(self) -> None:
+        self.saved: dict[int, str] = {}  # id(exception) -> the checkpoint saved for it
+
+    def save_for(self, trainer: pl.Trainer, exception: BaseException) -> str | None:
+        """Save the checkpoint for this SIGTERM once (the results record asks for it before this
+        callback's own ``on_exception`` runs); return its path, ``None`` when not a SIGTERM
+        during fit."""
         from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+        from odelab.utils.checkpoint import next_hpc_checkpoint
+
         if not isinstance(exception, SIGTERMException) or trainer.state.fn != "fit":
-            return
-        path = trainer._checkpoint_connector.hpc_save_path(trainer.default_root_dir)
+            return None
+        if id(exception) in self.saved:
+            return self.saved[id(exception)]
+        # one name on every rank: rank 0 picks it (the listing may change once it has written)
+        path = str(next_hpc_checkpoint(trainer.default_root_dir))
+        path = trainer.strategy.broadcast(path, src=0)
         trainer.save_checkpoint(path)
+        self.saved[id(exception)] = path
         if trainer.is_global_zero:
             log.warning(
                 "SIGTERM: saved %s (epoch %d, step %d); a restart in this output dir resumes it",
@@ -79,3 +92,7 @@ class PreemptionCheckpoint(pl.Callback):
                 trainer.current_epoch,
                 trainer.global_step,
             )
+        return path
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception) -> None:
+        self.save_for(trainer, exception)

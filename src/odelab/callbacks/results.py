@@ -4,9 +4,14 @@
 
     {"experiment", "paper", "seed", "status", "metrics": {"test/acc": ...},
      "reference": {metric: {"value", "source", "flag", ...}}, "config": <resolved>,
-     "hardware", "wall_time_s", "git_commit", ...}
+     "hardware", "wall_time_s", "train_time_s", "attempts", "git_commit", ...}
 
 ``reference`` is the entry for this experiment in ``experiments/<paper>/reference.yaml``.
+``status``: ``finished`` (tested), ``fit_done`` (trained, not tested yet), ``interrupted``
+(SIGTERM or Ctrl-C; ``resume_checkpoint`` = ``{"path", "epoch", "global_step"}`` of the checkpoint
+a restart in the same directory resumes) or ``failed`` (``error``). ``train_time_s`` and the
+train/val metrics are carried in the checkpoints, so a resumed run's record covers every attempt
+(``attempts``); work lost between the last checkpoint and an interruption is not counted.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import os
 import platform
 import subprocess
 import time
+from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +32,8 @@ import lightning.pytorch as pl
 import torch
 import yaml
 
+from odelab.utils.checkpoint import in_dir
+from odelab.utils.errors import storage_error
 from odelab.utils.wandb import log_results_table
 
 log = logging.getLogger(__name__)
@@ -98,6 +106,17 @@ def _number(v: Any) -> float | None:
     return v if math.isfinite(v) else None
 
 
+def interruption(exception: BaseException) -> str | None:
+    """``"SIGTERM"`` / ``"SIGINT"`` when ``exception`` is how Lightning stops on that signal."""
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+    if isinstance(exception, SIGTERMException):
+        return "SIGTERM"
+    if isinstance(exception, KeyboardInterrupt):
+        return "SIGINT"
+    return None
+
+
 class ResultsWriter(pl.Callback):
     """Write ``results.json`` in ``output_dir`` after fit and again after test (and on failure)."""
 
@@ -118,8 +137,11 @@ class ResultsWriter(pl.Callback):
         self.config: dict | None = None
         self.extra: dict[str, Any] = {}
         self._t0 = time.perf_counter()
-        self._train_time = 0.0
+        self._train_time = 0.0  # training (fit) time of every attempt that led here
         self._fit_t0: float | None = None
+        self._attempts = 0
+        self._restored_record = False
+        self._restore_state = False  # only a checkpoint resumed by fit carries the record on
         self._wrote = False
         self.git_commit = git_commit()
 
@@ -127,8 +149,77 @@ class ResultsWriter(pl.Callback):
         """Receive the resolved run config (called by ``odelab.train``)."""
         self.config = config
 
+    def restore_record(self, previous: dict[str, Any]) -> None:
+        """Carry a finished record into this one (``retest=true``: testing again without
+        training): its training time, train/val metrics, epochs, steps and best checkpoint stay;
+        the test metrics are measured anew."""
+        self._restored_record = True
+        self.metrics = {
+            k: v for k, v in (previous.get("metrics") or {}).items() if not k.startswith("test/")
+        }
+        self._train_time = float(previous.get("train_time_s") or 0.0)
+        self._attempts = int(previous.get("attempts") or 0)
+        for k in ("epochs", "global_step", "best_model_path", "best_model_score"):
+            if k in previous:
+                self.extra[k] = previous[k]
+        self.extra["retested"] = int(previous.get("retested") or 0) + 1
+
+    # -- checkpointed: a resumed run's record covers all its attempts -----------------------
+    def train_time(self) -> float:
+        running = time.perf_counter() - self._fit_t0 if self._fit_t0 is not None else 0.0
+        return self._train_time + running
+
+    def state_dict(self) -> dict[str, Any]:
+        train_val = {k: v for k, v in self.metrics.items() if not k.startswith("test/")}
+        return {
+            "train_time_s": self.train_time(),
+            "metrics": train_val,
+            "attempts": self._attempts,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if not self._restore_state:  # trainer.test(ckpt_path=...) restores callbacks too
+            return
+        self._train_time = float(state.get("train_time_s", 0.0))
+        self.metrics.update(state.get("metrics") or {})
+        self._attempts = int(state.get("attempts", 0))
+
+    def on_load_checkpoint(self, trainer, pl_module, checkpoint: dict[str, Any]) -> None:
+        """A run resumed in a directory other than the one its checkpoint was written in (a
+        copied or moved run dir) keeps ModelCheckpoint's best/last/top-k paths only where they
+        are files of *this* run's checkpoint dir: never another directory's files."""
+        self._restore_state = trainer.state.fn == "fit"
+        states = checkpoint.get("callbacks") or {}
+        for cb in trainer.checkpoint_callbacks:
+            state, dirpath = (
+                states.get(getattr(cb, "state_key", None)),
+                getattr(cb, "dirpath", None),
+            )
+            if (
+                not isinstance(state, dict)
+                or not dirpath
+                or state.get("dirpath") in (None, dirpath)
+            ):
+                continue
+            log.info("checkpoint written in %s; its paths now point into %s", state["dirpath"],
+                     dirpath)  # fmt: skip
+            state["dirpath"] = dirpath
+            for key in ("best_model_path", "kth_best_model_path", "last_model_path"):
+                if key in state:
+                    state[key] = in_dir(state[key], dirpath) or ""
+            if "best_k_models" in state:
+                state["best_k_models"] = {
+                    in_dir(k, dirpath): v
+                    for k, v in state["best_k_models"].items()
+                    if in_dir(k, dirpath)
+                }
+            if not state.get("best_model_path"):
+                state["best_model_score"] = None
+
     # -- collection ------------------------------------------------------------------------
-    def _collect(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+    def _collect(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, epochs: int | None = None
+    ) -> None:
         for k, v in trainer.callback_metrics.items():
             x = _number(v)
             if x is not None and "/" in k:
@@ -136,24 +227,37 @@ class ResultsWriter(pl.Callback):
         summary = getattr(pl_module, "results_summary", None)
         if callable(summary):
             self.extra.update(summary())
-        self.extra["epochs"] = trainer.current_epoch
-        self.extra["global_step"] = trainer.global_step
+        if not self._restored_record:  # a re-test keeps the training run's epochs and steps
+            self.extra["epochs"] = trainer.current_epoch if epochs is None else epochs
+            self.extra["global_step"] = trainer.global_step
 
     def on_fit_start(self, trainer, pl_module) -> None:
         self._fit_t0 = time.perf_counter()
+        self._attempts += 1
 
-    def on_train_epoch_end(self, trainer, pl_module) -> None:
-        self._collect(trainer, pl_module)
-
-    def on_fit_end(self, trainer, pl_module) -> None:
+    def _stop_clock(self) -> None:
         if self._fit_t0 is not None:
             self._train_time += time.perf_counter() - self._fit_t0
             self._fit_t0 = None
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        # completed epochs: Lightning counts this one only after the hook
+        self._collect(trainer, pl_module, epochs=trainer.current_epoch + 1)
+
+    def on_fit_end(self, trainer, pl_module) -> None:
+        self._stop_clock()
         self._collect(trainer, pl_module)
         ckpt = trainer.checkpoint_callback
         if ckpt is not None:
-            self.extra["best_model_path"] = getattr(ckpt, "best_model_path", None) or None
-            self.extra["best_model_score"] = _number(getattr(ckpt, "best_model_score", None))
+            best = (
+                in_dir(getattr(ckpt, "best_model_path", None), ckpt.dirpath)
+                if ckpt.dirpath
+                else None
+            )
+            self.extra["best_model_path"] = best
+            self.extra["best_model_score"] = (
+                _number(getattr(ckpt, "best_model_score", None)) if best else None
+            )
         self.write(trainer, status="fit_done")
 
     def on_test_end(self, trainer, pl_module) -> None:
@@ -169,8 +273,42 @@ class ResultsWriter(pl.Callback):
             log_results_table(trainer.loggers, rows)
 
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
-        self.extra["error"] = f"{type(exception).__name__}: {exception}"
-        self.write(trainer, status="failed")
+        """``interrupted`` (SIGTERM, Ctrl-C: with the checkpoint a restart resumes and its
+        epoch/step) or ``failed`` (with the error). Never raises: the run's own error wins."""
+        self._stop_clock()
+        with suppress(Exception):
+            self._collect(trainer, pl_module)
+        by = interruption(exception)
+        if by is not None:
+            self.extra.pop("error", None)
+            self.extra["interrupted_by"] = by
+            self.extra["resume_checkpoint"] = self._resume_point(trainer, exception)
+            status = "interrupted"
+        else:
+            self.extra["error"] = f"{type(exception).__name__}: {exception}"
+            status = "failed"
+        try:
+            self.write(trainer, status=status)
+        except Exception as e:
+            log.warning("could not write %s (%s): %s", self.path, status, e)
+
+    def _resume_point(self, trainer, exception: BaseException) -> dict[str, Any] | None:
+        """The checkpoint a restart in this directory resumes (saved now for a SIGTERM during
+        fit), with its epoch and step."""
+        from odelab.callbacks.control import PreemptionCheckpoint
+        from odelab.utils.checkpoint import checkpoint_position, resume_candidates
+
+        for cb in trainer.callbacks:
+            if isinstance(cb, PreemptionCheckpoint):
+                try:
+                    cb.save_for(trainer, exception)
+                except Exception as e:
+                    log.error("could not save a checkpoint at the interruption: %s", e)
+        for path in resume_candidates(self.path.parent):
+            pos = checkpoint_position(path)
+            if pos is not None:
+                return pos
+        return None
 
     # -- output ----------------------------------------------------------------------------
     def rows(self) -> list[dict[str, Any]]:
@@ -207,7 +345,8 @@ class ResultsWriter(pl.Callback):
             "config": self.config,
             "hardware": hardware(trainer),
             "wall_time_s": time.perf_counter() - self._t0,
-            "train_time_s": self._train_time,
+            "train_time_s": self.train_time(),
+            "attempts": self._attempts,
             "git_commit": self.git_commit,
             **self.extra,
         }
@@ -223,10 +362,19 @@ class ResultsWriter(pl.Callback):
     def write(self, trainer: pl.Trainer, status: str) -> None:
         if not trainer.is_global_zero:
             return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._keep_previous()
-        self._wrote = True
+        text = json.dumps(self.as_dict(trainer, status), indent=2, default=str) + "\n"
         tmp = self.path.with_name(self.path.name + ".tmp")
-        tmp.write_text(json.dumps(self.as_dict(trainer, status), indent=2, default=str) + "\n")
-        os.replace(tmp, self.path)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._keep_previous()
+            self._wrote = True
+            tmp.write_text(text)
+            os.replace(tmp, self.path)
+        except OSError as e:
+            with suppress(OSError):
+                tmp.unlink()
+            clear = storage_error(e, self.path)
+            if clear is None:
+                raise
+            raise clear from e
         log.info("results (%s) written to %s", status, self.path)

@@ -28,8 +28,9 @@ from pathlib import Path
 
 import lightning.pytorch as pl
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 
+from odelab.data.base import EpochSeededRandomSampler
 from odelab.data.download import download_url
 from odelab.data.errors import DatasetError
 from odelab.data.translation import BPECodes, Dictionary, learn_bpe, tokenize
@@ -116,9 +117,13 @@ def _text_pieces(lines, bpe: BPECodes, lowercase: bool) -> list[list[str]]:
     return [bpe.apply(x) for x in tokenize(lines, "en", lowercase)]
 
 
-def _cache(cache_dir: Path, name: str, params: dict, build) -> dict:
+def _cache_path(cache_dir: str | Path, name: str, params: dict) -> Path:
     key = hashlib.sha1(json.dumps(params, sort_keys=True).encode()).hexdigest()[:12]
-    path = Path(cache_dir) / f"{name}-{key}.pt"
+    return Path(cache_dir) / f"{name}-{key}.pt"
+
+
+def _cache(cache_dir: Path, name: str, params: dict, build) -> dict:
+    path = _cache_path(cache_dir, name, params)
     if not path.is_file():
         data = build()
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -147,6 +152,39 @@ def _pad(seqs, pad: int) -> torch.Tensor:
     return out
 
 
+class _EpochItems(Dataset):
+    """Items that are a pure function of the epoch (BERT's random next sentences): made for the
+    epoch :class:`_EpochOrder` moves them to."""
+
+    def __init__(self, make, epoch: int = 0):
+        self.make, self.epoch, self.items = make, epoch, make(epoch)
+
+    def set_epoch(self, epoch: int) -> None:
+        if epoch != self.epoch:
+            self.epoch, self.items = epoch, self.make(epoch)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int):
+        return self.items[i]
+
+
+class _EpochOrder(EpochSeededRandomSampler):
+    """The (seed, epoch) training order (Lightning calls ``set_epoch`` every epoch, also after a
+    resume: a resumed run sees the uninterrupted run's order); moves ``data`` to the epoch too
+    when it depends on it."""
+
+    def __init__(self, data, seed: int):
+        super().__init__(len(data), seed)
+        self.data = data
+
+    def set_epoch(self, epoch: int) -> None:
+        super().set_epoch(epoch)
+        if isinstance(self.data, _EpochItems):
+            self.data.set_epoch(epoch)
+
+
 class BertCorpusDataModule(pl.LightningDataModule):
     """Sentence-pair instances for masked-LM + next-sentence pre-training.
 
@@ -165,13 +203,13 @@ class BertCorpusDataModule(pl.LightningDataModule):
         cache_dir: str = "data/cache/bert",
         seed: int = 0,
         num_workers: int = 0,
-        **_ignored,
+        pin_memory: bool = False,
     ):
         super().__init__()
         self.root = Path(data_dir) / "bert_corpus"
         self.params = dict(bpe_merges=bpe_merges, lowercase=lowercase, root=str(self.root))
         self.max_len, self.batch_size, self.seed = max_len, batch_size, seed
-        self.cache_dir, self.num_workers = cache_dir, num_workers
+        self.cache_dir, self.num_workers, self.pin_memory = cache_dir, num_workers, pin_memory
         self.data: dict | None = None
 
     def _build(self) -> dict:
@@ -234,9 +272,10 @@ class BertCorpusDataModule(pl.LightningDataModule):
         return out
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
-        epoch = self.trainer.current_epoch if self.trainer is not None else 0
-        data = self.instances(split, epoch if shuffle else 0)
-        if not data:
+        """Training: epoch ``e`` pairs its sentences with the draws of (seed, e) and visits them
+        in the (seed, e) order; evaluation: epoch 0's pairs, in file order."""
+        data = _EpochItems(lambda epoch: self.instances(split, epoch))
+        if not len(data):
             raise DatasetError(f"BERT corpus {split}: no document has two sentences")
         pad = self.vocab.pad
 
@@ -247,14 +286,13 @@ class BertCorpusDataModule(pl.LightningDataModule):
                 torch.tensor([y for _, _, y in items]),
             )
 
-        g = torch.Generator().manual_seed(self.seed)
         return DataLoader(
             data,
             self.batch_size,
-            shuffle=shuffle,
-            generator=g,
+            sampler=_EpochOrder(data, self.seed) if shuffle else None,
             collate_fn=collate,
             num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
         )
 
     def train_dataloader(self) -> DataLoader:
@@ -286,8 +324,8 @@ class GlueDataModule(pl.LightningDataModule):
         cache_dir: str = "data/cache/glue",
         seed: int = 0,
         num_workers: int = 0,
+        pin_memory: bool = False,
         download: bool = False,
-        **_ignored,
     ):
         super().__init__()
         if task not in GLUE_TASKS:
@@ -304,6 +342,7 @@ class GlueDataModule(pl.LightningDataModule):
         )
         self.max_len, self.batch_size, self.eval_batch_size = max_len, batch_size, eval_batch_size
         self.cache_dir, self.seed, self.num_workers = cache_dir, seed, num_workers
+        self.pin_memory = pin_memory
         self.num_classes = 1 if self.spec.labels is None else len(self.spec.labels)
         self.data: dict | None = None
 
@@ -374,15 +413,14 @@ class GlueDataModule(pl.LightningDataModule):
             y = torch.tensor([t[2] for t in batch], dtype=torch.float if regression else None)
             return _pad([t[0] for t in batch], v.pad), _pad([t[1] for t in batch], 0), y
 
-        g = torch.Generator().manual_seed(self.seed)
         bs = self.batch_size if shuffle else self.eval_batch_size
         return DataLoader(
             items,
             bs,
-            shuffle=shuffle,
-            generator=g,
+            sampler=_EpochOrder(items, self.seed) if shuffle else None,  # (seed, epoch) order
             collate_fn=collate,
             num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
         )
 
     def train_dataloader(self) -> DataLoader:

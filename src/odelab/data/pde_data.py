@@ -211,6 +211,7 @@ class PDETrajectoryDataModule(pl.LightningDataModule):
         self.test_batch_size, self.test_start_time = test_batch_size, test_start_time
         self.seed = seed
         self.cache_dir = Path(cache_dir) if cache_dir else None
+        self.num_workers, self.pin_memory = int(num_workers), bool(pin_memory)
         self.gen_kwargs = dict(
             grid_size=grid_size,
             upsample=upsample,
@@ -310,16 +311,24 @@ class PDETrajectoryDataModule(pl.LightningDataModule):
         trainer = getattr(self, "trainer", None)
         return int(trainer.current_epoch) if trainer is not None else 0
 
+    def _loader(self, data: torch.Tensor, batch_size: int) -> DataLoader:
+        return DataLoader(
+            TensorDataset(data),
+            batch_size=batch_size,
+            shuffle=False,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+        )
+
     def train_dataloader(self) -> DataLoader:
         batch = self.stage_batch(self._stage())
-        return DataLoader(TensorDataset(batch), batch_size=len(batch), shuffle=False)
+        return self._loader(batch, len(batch))
 
     def val_dataloader(self) -> DataLoader:
-        return DataLoader(TensorDataset(self.val_data), batch_size=len(self.val_data))
+        return self._loader(self.val_data, len(self.val_data))
 
     def test_dataloader(self) -> DataLoader:
-        bs = min(self.test_batch_size, len(self.test_data))
-        return DataLoader(TensorDataset(self.test_data), batch_size=bs)
+        return self._loader(self.test_data, min(self.test_batch_size, len(self.test_data)))
 
 
 def _drop(p: dict) -> dict:

@@ -477,8 +477,8 @@ class TranslationDataModule(pl.LightningDataModule):
         cache_dir: str = "data/cache",
         seed: int = 0,
         num_workers: int = 0,
+        pin_memory: bool = False,
         download: bool = False,
-        **_ignored,
     ):
         super().__init__()
         self.corpus, self.data_dir, self.cache_dir = corpus, data_dir, Path(cache_dir)
@@ -500,6 +500,7 @@ class TranslationDataModule(pl.LightningDataModule):
         self.max_tokens, self.max_sentences = max_tokens, max_sentences
         self.eval_max_tokens = eval_max_tokens or max_tokens
         self.seed, self.num_workers, self.download = seed, num_workers, download
+        self.pin_memory = pin_memory
         self.data: dict | None = None
 
     @property
@@ -551,6 +552,7 @@ class TranslationDataModule(pl.LightningDataModule):
             batch_sampler=sampler,
             collate_fn=lambda items: collate_pairs(items, pad, bos),
             num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
         )
 
     def train_dataloader(self) -> DataLoader:

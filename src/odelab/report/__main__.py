@@ -26,6 +26,8 @@ from odelab.report.sources import collect, default_sources
 from odelab.report.table import EXPERIMENTS_DIR, papers
 from odelab.report.views import paper_views, render_view
 
+log = logging.getLogger("odelab.report")
+
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
@@ -85,6 +87,15 @@ def main(argv: list[str] | None = None) -> int:
         if not explicit:  # the defaults that exist: results.md names exactly what it read
             sources = [s for s in default_sources(paper) if Path(s).exists()]
         runs = collect(sources, paper=paper, missing_ok=not explicit)
+        if not runs:
+            defaults = ", ".join(str(s) for s in default_sources(paper))
+            where = ", ".join(sources) if sources else f"none of the default sources ({defaults})"
+            log.warning(
+                "%s: no run records of this paper in %s; the tables will list the paper's numbers "
+                "with no 'ours' column values (pass --from <dir with results.json files>)",
+                paper,
+                where,
+            )
         wandb_on = args.wandb
         if wandb_on is None:
             from odelab.utils.wandb import has_credentials

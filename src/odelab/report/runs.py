@@ -142,6 +142,11 @@ def local_runs(root: str | Path) -> list[Run]:
             continue
         if is_results(data):
             runs.append(Run.from_results(data, source=str(f), time=f.stat().st_mtime))
+        elif f.name == "results.json":  # a run record by name that is not one: say so
+            what = f"a JSON {type(data).__name__}" if not isinstance(data, dict) else (
+                f"an object without {sorted({'experiment', 'status', 'metrics'} - data.keys())}"
+            )  # fmt: skip
+            log.warning("skipping %s: %s, not a run record (odelab.callbacks.results)", f, what)
     return runs
 
 

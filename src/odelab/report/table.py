@@ -48,6 +48,7 @@ RUN_LOCAL_KEYS = (
     "auto_resume",  # how a restarted run finds its checkpoint, not what it computes
     "callbacks.preemption",  # the SIGTERM checkpoint: how a run survives, not what it computes
     "trainer.plugins",  # checkpoint IO (atomic writes)
+    "retest",  # a finished run tested again: same run
     "print_config",
     "tags",
     "trainer.accelerator",

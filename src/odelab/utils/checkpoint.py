@@ -18,11 +18,27 @@ from typing import Any
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
+from odelab.utils.errors import OdelabError, storage_error
+
 log = logging.getLogger(__name__)
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(OdelabError, RuntimeError):
     """A checkpoint file that cannot be read (truncated, corrupt, not a Lightning checkpoint)."""
+
+
+def umask() -> int:
+    """The process umask, read without changing it where Linux reports it (``/proc``)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)  # elsewhere: read it by setting it, then put it back
+    os.umask(mask)
+    return mask
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -32,6 +48,11 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     after SLURM's ``KillWait``, a node failure) leaves the previous checkpoint intact, never a
     truncated one. (Lightning's own ``_atomic_save`` stages in ``/tmp`` and moves across file
     systems, which is a copy.) Remote URLs (``s3://``...) go through Lightning unchanged.
+
+    The file gets the mode any other output gets (``0o666 & ~umask``; ``mkstemp`` alone makes it
+    0600, unreadable to the group on a shared cluster). A full or read-only disk is one
+    :class:`~odelab.utils.errors.StorageError` naming the checkpoint, not torch's
+    ``inline_container.cc ... unexpected pos``.
     """
 
     def save_checkpoint(
@@ -40,17 +61,27 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         if storage_options is not None or "://" in str(path):
             return super().save_checkpoint(checkpoint, path, storage_options)
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        except OSError as e:
+            clear = storage_error(e, path)
+            if clear is None:
+                raise
+            raise clear from e
         try:
             with os.fdopen(fd, "wb") as f:
+                os.fchmod(f.fileno(), 0o666 & ~umask())
                 torch.save(checkpoint, f)
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, path)
-        except BaseException:
+        except BaseException as e:
             with suppress(OSError):
                 os.unlink(tmp)
+            clear = storage_error(e, path) if isinstance(e, Exception) else None
+            if clear is not None:
+                raise clear from e
             raise
 
 
@@ -108,3 +139,38 @@ def find_resume_checkpoint(output_dir: str | os.PathLike) -> str | None:
 def hpc_checkpoints(output_dir: str | os.PathLike) -> list[Path]:
     """Lightning's SLURM checkpoints (which ``trainer.test(ckpt_path=None)`` would load)."""
     return sorted(Path(output_dir).glob("hpc_ckpt_*.ckpt"))
+
+
+def next_hpc_checkpoint(output_dir: str | os.PathLike) -> Path:
+    """``<output_dir>/hpc_ckpt_<n+1>.ckpt`` after the highest ``n`` present (1 when none): the
+    name Lightning's SLURM handler also uses, so a restart resumes the newest."""
+    numbers = [0]
+    for p in Path(output_dir).glob("hpc_ckpt_*.ckpt"):
+        tail = p.stem.rsplit("_", 1)[-1]
+        if tail.isdigit():
+            numbers.append(int(tail))
+    return Path(output_dir) / f"hpc_ckpt_{max(numbers) + 1}.ckpt"
+
+
+def checkpoint_position(path: str | os.PathLike) -> dict[str, Any] | None:
+    """``{"path", "epoch", "global_step"}`` of a readable checkpoint (mmap: the tensors are not
+    read); ``None`` when it cannot be read."""
+    try:
+        ckpt = torch.load(path, map_location="cpu", mmap=True, weights_only=False)
+        return {"path": str(path), "epoch": int(ckpt["epoch"]), "global_step": ckpt["global_step"]}
+    except Exception:
+        return None
+
+
+def in_dir(path: str | os.PathLike | None, dirpath: str | os.PathLike) -> str | None:
+    """``path`` as a file of ``dirpath``: itself when it lies there, else the file of the same
+    name in ``dirpath`` when that exists (a run directory copied or moved elsewhere: its
+    checkpoints remember the old absolute paths), else ``None``. Never a file of another
+    directory."""
+    if not path:
+        return None
+    p, d = Path(path), Path(dirpath)
+    if p.parent.resolve() == d.resolve():
+        return str(p) if p.is_file() else None
+    here = d / p.name
+    return str(here) if here.is_file() else None

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import difflib
+import functools
 from pathlib import Path
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
@@ -33,9 +35,11 @@ def run_id(output_dir: str | None) -> str | None:
     return hashlib.sha256(str(Path(output_dir).absolute()).encode()).hexdigest()[:16]
 
 
-def gpus_per_node(accelerator: str, devices) -> int | None:
-    """``${odelab_gpus:${trainer.accelerator},${trainer.devices}}``: GPUs a SLURM job requests
-    per node; ``None`` (no GPU request) for CPU runs. One SLURM task drives one device."""
+def gpus_per_node(accelerator: str, devices, partition: str | None = None) -> int | None:
+    """``${odelab_gpus:${trainer.accelerator},${trainer.devices},${.partition}}``: GPUs a SLURM
+    job requests per node; ``None`` (no GPU request) for CPU runs. One SLURM task drives one
+    device. ``auto`` asks for GPUs only where the cluster has them: when ``sinfo`` reports none
+    in the partition (the default one when ``partition`` is null), it is a CPU job."""
     if str(accelerator) not in ("gpu", "cuda", "auto"):
         return None
     n = len(devices) if isinstance(devices, (list, ListConfig)) else devices
@@ -44,7 +48,44 @@ def gpus_per_node(accelerator: str, devices) -> int | None:
             f"trainer.devices={devices!r} cannot size a SLURM job; set trainer.devices to the "
             "number of GPUs per node"
         )
+    if str(accelerator) == "auto" and cluster_gpus(partition) == 0:
+        return None
     return n
+
+
+@functools.cache
+def cluster_gpus(partition: str | None = None) -> int | None:
+    """The most GPUs (``gres/gpu``) any node of ``partition`` has, from ``sinfo``; the default
+    partition when ``partition`` is null; ``None`` when ``sinfo`` is missing or does not
+    answer (then nothing is assumed)."""
+    import re
+    import shutil
+    import subprocess
+
+    if shutil.which("sinfo") is None:
+        return None
+    try:
+        p = subprocess.run(
+            ["sinfo", "-h", "-o", "%P|%G"], capture_output=True, text=True, timeout=15
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if p.returncode != 0 or not p.stdout.strip():
+        return None
+    rows = [line.split("|", 1) for line in p.stdout.splitlines() if "|" in line]
+    if partition:
+        rows = [r for r in rows if r[0].rstrip("*") == str(partition)]
+    else:
+        rows = [r for r in rows if r[0].endswith("*")] or rows
+    if not rows:
+        return None
+    counts = [0]
+    for _, gres in rows:
+        for item in gres.split(","):
+            m = re.match(r"gpu(?::[^:(]+)?:(\d+)", item.strip())
+            if m:
+                counts.append(int(m.group(1)))
+    return max(counts)
 
 
 def merge_tags(tags, *extra) -> ListConfig:
@@ -69,6 +110,15 @@ def compose_config(overrides: list[str], return_hydra_config: bool = False) -> D
     GlobalHydra.instance().clear()
     with initialize_config_dir(version_base="1.3", config_dir=str(CONFIG_DIR)):
         return compose("config", overrides=overrides, return_hydra_config=return_hydra_config)
+
+
+def config_loader():
+    """A Hydra config loader over ``conf/`` (what parses sweep overrides outside a running app)."""
+    from hydra._internal.config_loader_impl import ConfigLoaderImpl
+    from hydra._internal.utils import create_config_search_path
+
+    path = create_config_search_path(f"file://{CONFIG_DIR}")
+    return ConfigLoaderImpl(config_search_path=path)
 
 
 def unknown_key_hints(overrides: list[str]) -> list[str]:
@@ -97,3 +147,27 @@ def unknown_key_hints(overrides: list[str]) -> list[str]:
             where = f"'{parent}'" if parent else "the top level"
             hints.append(f"Unknown key '{leaf}' in {where}; valid keys there: {valid}")
     return hints
+
+
+def unknown_choice_message(overrides: list[str]) -> str | None:
+    """For ``group=option`` overrides naming an option that ``conf/<group>/`` lacks: the closest
+    options first, then all of them (Hydra's own message lists them alphabetically only)."""
+    groups = {p.name for p in CONFIG_DIR.iterdir() if p.is_dir() and p.name != "hydra"}
+    lines = []
+    for o in overrides:
+        key, eq, value = o.lstrip("+").partition("=")
+        if not eq or key not in groups or value in ("", "null") or "(" in value:
+            continue
+        options = sorted(p.stem for p in (CONFIG_DIR / key).glob("*.yaml"))
+        for name in value.split(","):
+            if name in options:
+                continue
+            close = difflib.get_close_matches(name, options, n=4, cutoff=0.5)
+            starts = [x for x in options if x.startswith(name[:4]) and x not in close]
+            closest = (close + starts)[:5]
+            hint = f" Closest: {', '.join(closest)}." if closest else ""
+            lines.append(
+                f"Unknown {key} '{name}' (no conf/{key}/{name}.yaml).{hint}\n"
+                f"All {key} options: {', '.join(options)}"
+            )
+    return "\n".join(lines) or None
