@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import signal as _signal
 
 import lightning.pytorch as pl
 
@@ -15,6 +16,8 @@ class SignalAt(pl.Callback):
 
     def __init__(self, step: int, signal: str = "TERM"):
         self.step, self.signal = step, signal
+        if signal == "INT":  # a shell's background job starts with SIGINT ignored: as in a
+            _signal.signal(_signal.SIGINT, _signal.default_int_handler)  # terminal, Ctrl-C
 
     def on_train_batch_end(self, trainer, *args) -> None:
         if trainer.global_step == self.step:
