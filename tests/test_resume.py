@@ -167,3 +167,16 @@ def test_run_id_and_gpus_per_node():
     assert gpus_per_node("gpu", 4) == 4 and gpus_per_node("cuda", [0, 1]) == 2
     with pytest.raises(ValueError, match="trainer.devices"):
         gpus_per_node("gpu", "auto")
+
+
+def test_last_ckpt_holds_the_final_epoch_even_without_a_new_best(run_experiment):
+    """checkpoints/last.ckpt is what a restart after a SIGKILL resumes: it must be the latest
+    epoch, not the latest best (Lightning 2.6's save_last rewrites it only with a new best;
+    mode=min on an accuracy that rises keeps the best at epoch 0)."""
+    _, out = run_experiment([*TINY, "trainer.max_epochs=3", "mode=min", "test_ckpt=last"])
+    rec = results(out)
+    last = torch.load(out / "checkpoints" / "last.ckpt", weights_only=False)
+    assert last["global_step"] == rec["global_step"] and last["epoch"] == 2
+    (best,) = (out / "checkpoints").glob("epoch_*.ckpt")  # the best by the monitor, kept apart
+    assert best.name != "epoch_002.ckpt"  # (so a last.ckpt of the best would be stale here)
+    assert find_resume_checkpoint(out) in (str(out / "checkpoints" / "last.ckpt"),)

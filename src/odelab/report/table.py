@@ -47,6 +47,8 @@ RUN_LOCAL_KEYS = (
     "ckpt_path",  # resuming continues the same config
     "auto_resume",  # how a restarted run finds its checkpoint, not what it computes
     "callbacks.preemption",  # the SIGTERM checkpoint: how a run survives, not what it computes
+    "callbacks.model_checkpoint",  # which checkpoint files are kept (monitor/mode are compared)
+    "callbacks.last_checkpoint",
     "trainer.plugins",  # checkpoint IO (atomic writes)
     "retest",  # a finished run tested again: same run
     "print_config",
