@@ -9,7 +9,7 @@ import sys
 from odelab.train import main
 
 if __name__ == "__main__":
-    from odelab.utils.config import unknown_choice_message
+    from odelab.utils.hints import unknown_choice_message
 
     unknown = unknown_choice_message(sys.argv[1:])
     if unknown:
@@ -19,7 +19,7 @@ if __name__ == "__main__":
         main()
     except SystemExit as exit_:
         if exit_.code == 1:
-            from odelab.utils.config import unknown_key_hints
+            from odelab.utils.hints import unknown_key_hints
 
             for hint in unknown_key_hints(sys.argv[1:]):
                 print(hint, file=sys.stderr)

@@ -24,7 +24,8 @@ from odelab.preflight import (
     hydra_config,
     preflight,
 )
-from odelab.utils.config import compose_config, unknown_choice_message
+from odelab.utils.config import compose_config
+from odelab.utils.hints import unknown_choice_message
 
 # the alias is run with debug=fdr below (test_train.test_every_experiment_is_covered)
 COVERED_EXPERIMENTS = ["yopo_cifar"]

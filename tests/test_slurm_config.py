@@ -207,7 +207,8 @@ def test_train_sbatch_checks_then_sizes_cpus_from_config_or_argument(tmp_path):
 
 
 def test_auto_accelerator_asks_for_gpus_only_where_the_partition_has_them(tmp_path, monkeypatch):
-    from odelab.utils.config import cluster_gpus, gpus_per_node
+    from odelab.utils.config import gpus_per_node
+    from odelab.utils.slurm import cluster_gpus
 
     fake = tmp_path / "bin"
     monkeypatch.setenv("PATH", f"{fake}:{os.environ['PATH']}")

@@ -659,7 +659,7 @@ def carry_table(dest: Path, plan: Plan) -> str:
 
 
 def _git_commit() -> str | None:
-    from odelab.callbacks.results import git_commit
+    from odelab.utils.provenance import git_commit
 
     return git_commit()
 

@@ -380,7 +380,7 @@ def check_output_dir(path: str | os.PathLike, lock: bool = True) -> list[str]:
 
 def check_cluster(cfg: DictConfig) -> list[str]:
     """Under the SLURM launcher: the partition has the GPUs the job requests."""
-    from odelab.utils.config import cluster_gpus
+    from odelab.utils.slurm import cluster_gpus
 
     launcher = OmegaConf.select(cfg, "hydra.launcher")
     if not isinstance(launcher, DictConfig) or "Slurm" not in str(launcher.get("_target_", "")):

@@ -57,42 +57,33 @@ class StopAfterEpochs(pl.Callback):
 class PreemptionCheckpoint(pl.Callback):
     """On SIGTERM during ``fit`` save ``<default_root_dir>/hpc_ckpt_<n>.ckpt`` before exiting.
 
-    SLURM sends SIGTERM on preemption, ``scontrol requeue``, ``scancel`` and at the time limit,
-    then SIGKILL after ``KillWait``; Lightning stops after the current batch and this saves its
-    state, so a requeued job (SLURM requeues preempted ``--requeue`` jobs itself) loses at most
-    one batch. The write is atomic (``AtomicCheckpointIO``): a SIGKILL mid-write leaves the older
-    checkpoints. Requeueing is not done here: a SIGTERM may be a cancel. Before the time limit,
-    ``--signal=USR1@90`` makes Lightning checkpoint and requeue (see ``slurm/README.md``).
+    SLURM sends SIGTERM on preemption, requeue, cancel and at the time limit (then SIGKILL after
+    ``KillWait``); Lightning stops after the batch and this saves its state, atomically
+    (``AtomicCheckpointIO``), so a restart in the dir loses at most one batch. Requeueing is not
+    done here (a SIGTERM may be a cancel): ``--signal=USR1@90`` does it (``slurm/README.md``).
     """
 
     def __init__(self) -> None:
         self.saved: dict[int, str] = {}  # id(exception) -> the checkpoint saved for it
 
     def save_for(self, trainer: pl.Trainer, exception: BaseException) -> str | None:
-        """Save the checkpoint for this SIGTERM once (the results record asks for it before this
-        callback's own ``on_exception`` runs); return its path, ``None`` when not a SIGTERM
-        during fit."""
+        """Save once per SIGTERM during fit (the results record asks before ``on_exception``
+        runs) and return the path; ``None`` for any other exception."""
         from lightning.pytorch.utilities.exceptions import SIGTERMException
 
         from odelab.utils.checkpoint import next_hpc_checkpoint
 
         if not isinstance(exception, SIGTERMException) or trainer.state.fn != "fit":
             return None
-        if id(exception) in self.saved:
-            return self.saved[id(exception)]
-        # one name on every rank: rank 0 picks it (the listing may change once it has written)
-        path = str(next_hpc_checkpoint(trainer.default_root_dir))
-        path = trainer.strategy.broadcast(path, src=0)
-        trainer.save_checkpoint(path)
-        self.saved[id(exception)] = path
-        if trainer.is_global_zero:
-            log.warning(
-                "SIGTERM: saved %s (epoch %d, step %d); a restart in this output dir resumes it",
-                path,
-                trainer.current_epoch,
-                trainer.global_step,
-            )
-        return path
+        if id(exception) not in self.saved:
+            # one name on every rank: rank 0 picks it (the listing changes once it has written)
+            path = trainer.strategy.broadcast(str(next_hpc_checkpoint(trainer.default_root_dir)))
+            trainer.save_checkpoint(path)
+            self.saved[id(exception)] = path
+            if trainer.is_global_zero:
+                log.warning("SIGTERM: saved %s (epoch %d, step %d); a restart in this dir resumes "
+                            "it", path, trainer.current_epoch, trainer.global_step)  # fmt: skip
+        return self.saved[id(exception)]
 
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception) -> None:
         self.save_for(trainer, exception)

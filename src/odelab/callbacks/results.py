@@ -16,105 +16,29 @@ train/val metrics are carried in the checkpoints, so a resumed run's record cove
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
-import math
 import os
-import platform
-import subprocess
 import time
 from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
-import torch
-import yaml
 
-from odelab.utils.checkpoint import in_dir
+from odelab.utils.checkpoint import in_dir, rebase_checkpoint_paths
 from odelab.utils.errors import storage_error
+from odelab.utils.provenance import git_commit, hardware
+from odelab.utils.record import (
+    interruption,
+    load_reference,
+    number,
+    reference_rows,
+    resume_point,
+)
 from odelab.utils.wandb import log_results_table
 
 log = logging.getLogger(__name__)
-
-REPO_ROOT = Path(__file__).resolve().parents[3]
-
-
-def load_reference(reference_file: str | os.PathLike | None, experiment: str) -> dict:
-    """The paper's numbers for ``experiment`` in a ``reference.yaml`` ({} where none)."""
-    if not reference_file or not Path(reference_file).is_file():
-        return {}
-    with open(reference_file) as f:
-        data = yaml.safe_load(f) or {}
-    return dict((data.get("settings") or {}).get(experiment, {}).get("metrics", {}) or {})
-
-
-@functools.cache
-def git_commit(root: Path = REPO_ROOT) -> str | None:
-    """HEAD of the checkout, with ``-dirty`` when there are uncommitted changes.
-
-    Cached for the process: read when the first run starts, i.e. when its code was imported
-    (a sweep runs every job in one process), not when results are written. Without git (a copy
-    of the tree on a lent GPU machine) ``ODELAB_GIT_COMMIT`` names the commit the copy came from.
-    """
-    fallback = os.environ.get("ODELAB_GIT_COMMIT") or None
-    try:
-        head = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10
-        )
-        if head.returncode != 0:
-            return fallback
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=root,
-            capture_output=True,
-            text=True,
-            timeout=10,
-        )
-        return head.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
-    except (OSError, subprocess.SubprocessError):
-        return fallback
-
-
-def hardware(trainer: pl.Trainer) -> dict[str, Any]:
-    info: dict[str, Any] = {
-        "platform": platform.platform(),
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "accelerator": type(trainer.accelerator).__name__.replace("Accelerator", "").lower(),
-        "devices": trainer.num_devices,
-        "num_nodes": trainer.num_nodes,
-        "world_size": trainer.world_size,
-        "precision": str(trainer.precision),
-    }
-    if torch.cuda.is_available():
-        info["gpu"] = torch.cuda.get_device_name(0)
-    return info
-
-
-def _number(v: Any) -> float | None:
-    if isinstance(v, torch.Tensor):
-        if v.numel() != 1:
-            return None
-        v = v.item()
-    try:
-        v = float(v)
-    except (TypeError, ValueError):
-        return None
-    return v if math.isfinite(v) else None
-
-
-def interruption(exception: BaseException) -> str | None:
-    """``"SIGTERM"`` / ``"SIGINT"`` when ``exception`` is how Lightning stops on that signal."""
-    from lightning.pytorch.utilities.exceptions import SIGTERMException
-
-    if isinstance(exception, SIGTERMException):
-        return "SIGTERM"
-    if isinstance(exception, KeyboardInterrupt):
-        return "SIGINT"
-    return None
 
 
 class ResultsWriter(pl.Callback):
@@ -189,39 +113,14 @@ class ResultsWriter(pl.Callback):
         copied or moved run dir) keeps ModelCheckpoint's best/last/top-k paths only where they
         are files of *this* run's checkpoint dir: never another directory's files."""
         self._restore_state = trainer.state.fn == "fit"
-        states = checkpoint.get("callbacks") or {}
-        for cb in trainer.checkpoint_callbacks:
-            state, dirpath = (
-                states.get(getattr(cb, "state_key", None)),
-                getattr(cb, "dirpath", None),
-            )
-            if (
-                not isinstance(state, dict)
-                or not dirpath
-                or state.get("dirpath") in (None, dirpath)
-            ):
-                continue
-            log.info("checkpoint written in %s; its paths now point into %s", state["dirpath"],
-                     dirpath)  # fmt: skip
-            state["dirpath"] = dirpath
-            for key in ("best_model_path", "kth_best_model_path", "last_model_path"):
-                if key in state:
-                    state[key] = in_dir(state[key], dirpath) or ""
-            if "best_k_models" in state:
-                state["best_k_models"] = {
-                    in_dir(k, dirpath): v
-                    for k, v in state["best_k_models"].items()
-                    if in_dir(k, dirpath)
-                }
-            if not state.get("best_model_path"):
-                state["best_model_score"] = None
+        rebase_checkpoint_paths(checkpoint, trainer.checkpoint_callbacks)
 
     # -- collection ------------------------------------------------------------------------
     def _collect(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, epochs: int | None = None
     ) -> None:
         for k, v in trainer.callback_metrics.items():
-            x = _number(v)
+            x = number(v)
             if x is not None and "/" in k:
                 self.metrics[k] = x
         summary = getattr(pl_module, "results_summary", None)
@@ -256,7 +155,7 @@ class ResultsWriter(pl.Callback):
             )
             self.extra["best_model_path"] = best
             self.extra["best_model_score"] = (
-                _number(getattr(ckpt, "best_model_score", None)) if best else None
+                number(getattr(ckpt, "best_model_score", None)) if best else None
             )
         self.write(trainer, status="fit_done")
 
@@ -264,7 +163,7 @@ class ResultsWriter(pl.Callback):
         self._collect(trainer, pl_module)
         self.extra["tested_ckpt"] = trainer.ckpt_path
         self.write(trainer, status="finished")
-        rows = self.rows()
+        rows = reference_rows(self.reference, self.metrics)
         if trainer.is_global_zero:
             for r in rows:
                 ours = "-" if r["ours"] is None else f"{r['ours']:.4g}"
@@ -282,7 +181,7 @@ class ResultsWriter(pl.Callback):
         if by is not None:
             self.extra.pop("error", None)
             self.extra["interrupted_by"] = by
-            self.extra["resume_checkpoint"] = self._resume_point(trainer, exception)
+            self.extra["resume_checkpoint"] = resume_point(trainer, exception, self.path.parent)
             status = "interrupted"
         else:
             self.extra["error"] = f"{type(exception).__name__}: {exception}"
@@ -292,47 +191,7 @@ class ResultsWriter(pl.Callback):
         except Exception as e:
             log.warning("could not write %s (%s): %s", self.path, status, e)
 
-    def _resume_point(self, trainer, exception: BaseException) -> dict[str, Any] | None:
-        """The checkpoint a restart in this directory resumes (saved now for a SIGTERM during
-        fit), with its epoch and step."""
-        from odelab.callbacks.control import PreemptionCheckpoint
-        from odelab.utils.checkpoint import checkpoint_position, resume_candidates
-
-        for cb in trainer.callbacks:
-            if isinstance(cb, PreemptionCheckpoint):
-                try:
-                    cb.save_for(trainer, exception)
-                except Exception as e:
-                    log.error("could not save a checkpoint at the interruption: %s", e)
-        for path in resume_candidates(self.path.parent):
-            pos = checkpoint_position(path)
-            if pos is not None:
-                return pos
-        return None
-
     # -- output ----------------------------------------------------------------------------
-    def rows(self) -> list[dict[str, Any]]:
-        """One row per reference metric (and per test metric without one): ours vs the paper."""
-        names = list(self.reference) + [
-            k for k in sorted(self.metrics) if k.startswith("test/") and k not in self.reference
-        ]
-        rows = []
-        for name in names:
-            ref = self.reference.get(name, {})
-            ours, paper = self.metrics.get(name), _number(ref.get("value"))
-            delta = ours - paper if ours is not None and paper is not None else None
-            rows.append(
-                {
-                    "metric": name,
-                    "ours": ours,
-                    "paper": paper,
-                    "delta": delta,
-                    "flag": ref.get("flag"),
-                    "source": ref.get("source"),
-                }
-            )
-        return rows
-
     def as_dict(self, trainer: pl.Trainer, status: str) -> dict[str, Any]:
         return {
             "experiment": self.experiment,

@@ -118,11 +118,8 @@ def _read_multi30k(data_dir: Path, src: str, tgt: str, download: bool) -> dict:
     if download and not all(p.is_file() for p in paths):
         for p in paths:
             download_url(MULTI30K_URL + p.name, p, MULTI30K_MD5.get(p.name))
-    _need(
-        paths,
-        f"Multi30k: put the multi30k/dataset task1 raw files in {root} "
-        f"(data.download=true fetches them from {MULTI30K_URL}).",
-    )
+    _need(paths, f"Multi30k: put the multi30k/dataset task1 raw files in {root} "
+                 f"(data.download=true fetches them from {MULTI30K_URL}).")  # fmt: skip
     return {
         split: (_read_lines(root / f"{n}.{src}.gz"), _read_lines(root / f"{n}.{tgt}.gz"))
         for split, n in names.items()
@@ -145,45 +142,32 @@ def _read_iwslt14(data_dir: Path, src: str, tgt: str, download: bool) -> dict:
             )
         log.info("IWSLT14 archive md5 %s", md5sum(archive))
         extract_archive(archive, data_dir / "iwslt14")
-    _need(
-        train + test,
-        f"IWSLT14: run with data.download=true (fetches {IWSLT14_URL}, "
-        f"{IWSLT14_SIZE} bytes) or extract de-en.tgz into {root.parent}.",
-    )
-    out = {"train": tuple(_strip_iwslt_train(_read_lines(p)) for p in train)}
-    s, t = [], []
-    for n in IWSLT14_TEST:
-        s += _iwslt_xml_segments(_read_lines(root / f"{n}.{pair}.{src}.xml"))
-        t += _iwslt_xml_segments(_read_lines(root / f"{n}.{pair}.{tgt}.xml"))
-    out["test"] = (s, t)
-    return out
+    _need(train + test, f"IWSLT14: run with data.download=true (fetches {IWSLT14_URL}, "
+          f"{IWSLT14_SIZE} bytes) or extract de-en.tgz into {root.parent}.")  # fmt: skip
+    segs = {lang: [seg for n in IWSLT14_TEST for seg in _iwslt_xml_segments(
+        _read_lines(root / f"{n}.{pair}.{lang}.xml"))] for lang in (src, tgt)}  # fmt: skip
+    return {"train": tuple(_strip_iwslt_train(_read_lines(p)) for p in train),
+            "test": (segs[src], segs[tgt])}  # fmt: skip
 
 
 def _read_wmt14(data_dir: Path, src: str, tgt: str, download: bool) -> dict:
     root = data_dir / "wmt14_en_de"
     train = [root / f"{c}.{lang}" for c in WMT14_TRAIN for lang in (src, tgt)]
     dev = [root / "dev" / f"newstest2013.{lang}" for lang in (src, tgt)]
-    test = [
-        root / "test-full" / f"newstest2014-deen-{'src' if lang == 'en' else 'ref'}.{lang}.sgm"
-        for lang in (src, tgt)
-    ]
+    test = [root / "test-full" / f"newstest2014-deen-{'src' if lang == 'en' else 'ref'}.{lang}.sgm"
+            for lang in (src, tgt)]  # fmt: skip
     if download and not all(p.is_file() for p in train + dev + test):
         for url in WMT14_URLS:
             archive = root / url.rsplit("/", 1)[1]
             if not archive.is_file():
                 download_url(url, archive)  # md5s of the WMT archives are not published
             extract_archive(archive, root)
-    _need(
-        train + dev + test,
-        f"WMT14 En-De: run with data.download=true (fetches "
-        f"{', '.join(WMT14_URLS)}) or extract them into {root}.",
-    )
-    tr_s, tr_t = [], []
-    for c in WMT14_TRAIN:
-        tr_s += _read_lines(root / f"{c}.{src}")
-        tr_t += _read_lines(root / f"{c}.{tgt}")
+    _need(train + dev + test, f"WMT14 En-De: run with data.download=true (fetches "
+          f"{', '.join(WMT14_URLS)}) or extract them into {root}.")  # fmt: skip
+    tr = {lang: [x for c in WMT14_TRAIN for x in _read_lines(root / f"{c}.{lang}")]
+          for lang in (src, tgt)}  # fmt: skip
     return {
-        "train": (tr_s, tr_t),
+        "train": (tr[src], tr[tgt]),
         "valid": tuple(_read_lines(p) for p in dev),
         "test": tuple(_sgm_segments(_read_lines(p)) for p in test),
     }

@@ -174,3 +174,28 @@ def in_dir(path: str | os.PathLike | None, dirpath: str | os.PathLike) -> str | 
         return str(p) if p.is_file() else None
     here = d / p.name
     return str(here) if here.is_file() else None
+
+
+def rebase_checkpoint_paths(checkpoint: dict[str, Any], checkpoint_callbacks) -> None:
+    """A run resumed in a directory other than the one its checkpoint was written in (a copied
+    or moved run dir) keeps ModelCheckpoint's best/last/top-k paths only where they are files of
+    *this* run's checkpoint dir: never another directory's files (edits ``checkpoint``)."""
+    states = checkpoint.get("callbacks") or {}
+    for cb in checkpoint_callbacks:
+        state, dirpath = states.get(getattr(cb, "state_key", None)), getattr(cb, "dirpath", None)
+        if not isinstance(state, dict) or not dirpath or state.get("dirpath") in (None, dirpath):
+            continue
+        log.info("checkpoint written in %s; its paths now point into %s", state["dirpath"],
+                 dirpath)  # fmt: skip
+        state["dirpath"] = dirpath
+        for key in ("best_model_path", "kth_best_model_path", "last_model_path"):
+            if key in state:
+                state[key] = in_dir(state[key], dirpath) or ""
+        if "best_k_models" in state:
+            state["best_k_models"] = {
+                in_dir(k, dirpath): v
+                for k, v in state["best_k_models"].items()
+                if in_dir(k, dirpath)
+            }
+        if not state.get("best_model_path"):
+            state["best_model_score"] = None

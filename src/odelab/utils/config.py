@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import difflib
-import functools
 from pathlib import Path
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
@@ -48,44 +46,11 @@ def gpus_per_node(accelerator: str, devices, partition: str | None = None) -> in
             f"trainer.devices={devices!r} cannot size a SLURM job; set trainer.devices to the "
             "number of GPUs per node"
         )
+    from odelab.utils.slurm import cluster_gpus
+
     if str(accelerator) == "auto" and cluster_gpus(partition) == 0:
         return None
     return n
-
-
-@functools.cache
-def cluster_gpus(partition: str | None = None) -> int | None:
-    """The most GPUs (``gres/gpu``) any node of ``partition`` has, from ``sinfo``; the default
-    partition when ``partition`` is null; ``None`` when ``sinfo`` is missing or does not
-    answer (then nothing is assumed)."""
-    import re
-    import shutil
-    import subprocess
-
-    if shutil.which("sinfo") is None:
-        return None
-    try:
-        p = subprocess.run(
-            ["sinfo", "-h", "-o", "%P|%G"], capture_output=True, text=True, timeout=15
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    if p.returncode != 0 or not p.stdout.strip():
-        return None
-    rows = [line.split("|", 1) for line in p.stdout.splitlines() if "|" in line]
-    if partition:
-        rows = [r for r in rows if r[0].rstrip("*") == str(partition)]
-    else:
-        rows = [r for r in rows if r[0].endswith("*")] or rows
-    if not rows:
-        return None
-    counts = [0]
-    for _, gres in rows:
-        for item in gres.split(","):
-            m = re.match(r"gpu(?::[^:(]+)?:(\d+)", item.strip())
-            if m:
-                counts.append(int(m.group(1)))
-    return max(counts)
 
 
 def merge_tags(tags, *extra) -> ListConfig:
@@ -119,55 +84,3 @@ def config_loader():
 
     path = create_config_search_path(f"file://{CONFIG_DIR}")
     return ConfigLoaderImpl(config_search_path=path)
-
-
-def unknown_key_hints(overrides: list[str]) -> list[str]:
-    """For ``a.b.c=v`` overrides naming a key the composed config lacks: what is valid there.
-
-    Hydra's own message names the key but not the alternatives; this runs only after a failed
-    composition, so it costs nothing on the normal path.
-    """
-    groups = {p.name for p in CONFIG_DIR.iterdir() if p.is_dir()}
-    choices, keys = [], []
-    for o in overrides:
-        if "=" not in o or o.startswith(("-", "+", "~")):
-            continue
-        key = o.split("=", 1)[0]
-        (choices if key in groups or "/" in key else keys).append((o, key))
-    try:
-        cfg = compose_config([o for o, _ in choices])
-    except Exception:  # the group choices themselves are wrong: Hydra's message covers it
-        return []
-    hints = []
-    for _, key in keys:
-        parent, _, leaf = key.rpartition(".")
-        node = OmegaConf.select(cfg, parent) if parent else cfg
-        if isinstance(node, DictConfig) and leaf not in node:
-            valid = ", ".join(sorted(str(k) for k in node))
-            where = f"'{parent}'" if parent else "the top level"
-            hints.append(f"Unknown key '{leaf}' in {where}; valid keys there: {valid}")
-    return hints
-
-
-def unknown_choice_message(overrides: list[str]) -> str | None:
-    """For ``group=option`` overrides naming an option that ``conf/<group>/`` lacks: the closest
-    options first, then all of them (Hydra's own message lists them alphabetically only)."""
-    groups = {p.name for p in CONFIG_DIR.iterdir() if p.is_dir() and p.name != "hydra"}
-    lines = []
-    for o in overrides:
-        key, eq, value = o.lstrip("+").partition("=")
-        if not eq or key not in groups or value in ("", "null") or "(" in value:
-            continue
-        options = sorted(p.stem for p in (CONFIG_DIR / key).glob("*.yaml"))
-        for name in value.split(","):
-            if name in options:
-                continue
-            close = difflib.get_close_matches(name, options, n=4, cutoff=0.5)
-            starts = [x for x in options if x.startswith(name[:4]) and x not in close]
-            closest = (close + starts)[:5]
-            hint = f" Closest: {', '.join(closest)}." if closest else ""
-            lines.append(
-                f"Unknown {key} '{name}' (no conf/{key}/{name}.yaml).{hint}\n"
-                f"All {key} options: {', '.join(options)}"
-            )
-    return "\n".join(lines) or None

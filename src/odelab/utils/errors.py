@@ -4,8 +4,10 @@ where, and the fix. ``HYDRA_FULL_ERROR=1`` shows the traceback."""
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import shutil
+import signal
 from pathlib import Path
 
 from hydra.errors import CompactHydraException
@@ -108,3 +110,24 @@ def _read_only_fs(path: Path) -> bool:
         return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
     except OSError:
         return False
+
+
+def exit_code(exit_: SystemExit, trainer) -> int:
+    """128 + the signal for a run stopped by SIGTERM (143) or SIGINT (130), so that shells,
+    ``sacct`` and Hydra sweeps see an unfinished run; an explicit code is kept."""
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+    if isinstance(exit_, SIGTERMException) or getattr(trainer, "received_sigterm", False):
+        return 128 + signal.SIGTERM
+    if trainer is not None and getattr(trainer, "interrupted", False):
+        return 128 + signal.SIGINT  # Lightning turns Ctrl-C into sys.exit(1)
+    code = exit_.code
+    return code if isinstance(code, int) and code != 0 else 1
+
+
+def to_log_file(log: logging.Logger, message: str) -> None:
+    """``message`` into the run's log file (run.log) only: the console gets it from Hydra."""
+    record = log.makeRecord(log.name, logging.ERROR, __file__, 0, message, None, None)
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.handle(record)

@@ -14,6 +14,7 @@ A sweep file ``slurm/sweeps/<table>.yaml`` names the runs of one paper table::
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 from pathlib import Path
@@ -169,3 +170,38 @@ def main(argv: list[str]) -> int:
 
 if __name__ == "__main__":
     sys.exit(main(sys.argv[1:]))
+
+
+@functools.cache
+def cluster_gpus(partition: str | None = None) -> int | None:
+    """The most GPUs (``gres/gpu``) any node of ``partition`` has, from ``sinfo``; the default
+    partition when ``partition`` is null; ``None`` when ``sinfo`` is missing or does not
+    answer (then nothing is assumed)."""
+    import re
+    import shutil
+    import subprocess
+
+    if shutil.which("sinfo") is None:
+        return None
+    try:
+        p = subprocess.run(
+            ["sinfo", "-h", "-o", "%P|%G"], capture_output=True, text=True, timeout=15
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if p.returncode != 0 or not p.stdout.strip():
+        return None
+    rows = [line.split("|", 1) for line in p.stdout.splitlines() if "|" in line]
+    if partition:
+        rows = [r for r in rows if r[0].rstrip("*") == str(partition)]
+    else:
+        rows = [r for r in rows if r[0].endswith("*")] or rows
+    if not rows:
+        return None
+    counts = [0]
+    for _, gres in rows:
+        for item in gres.split(","):
+            m = re.match(r"gpu(?::[^:(]+)?:(\d+)", item.strip())
+            if m:
+                counts.append(int(m.group(1)))
+    return max(counts)
