@@ -64,17 +64,12 @@ class MacaronTransformer(Seq2SeqTransformer):
         base = inspect.signature(Seq2SeqTransformer).bind(*args, **kw)  # ffn_dim by position too
         base.apply_defaults()
         a, ffn_dim = base.arguments, base.arguments["ffn_dim"]
-        if macaron:
-            opts = dict(
-                half_step_scale=half_step_scale,
-                ffn_split=ffn_split,
-                act_first_ffn=act_first_ffn,
-                act_second_ffn=act_second_ffn,
-            )
-            a["encoder_steps"] = macaron_steps(ffn_dim, False, **opts)
-            a["decoder_steps"] = macaron_steps(ffn_dim, True, **opts)
-        else:
-            a["encoder_steps"] = standard_steps(ffn_dim, False, act_second_ffn)
-            a["decoder_steps"] = standard_steps(ffn_dim, True, act_second_ffn)
+        opts = dict(half_step_scale=half_step_scale, ffn_split=ffn_split,
+                    act_first_ffn=act_first_ffn, act_second_ffn=act_second_ffn)  # fmt: skip
+        for side, dec in (("encoder", False), ("decoder", True)):
+            if macaron:
+                a[f"{side}_steps"] = macaron_steps(ffn_dim, dec, **opts)
+            else:
+                a[f"{side}_steps"] = standard_steps(ffn_dim, dec, act_second_ffn)
         super().__init__(**a)
         self.macaron = macaron
