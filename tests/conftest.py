@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -17,6 +19,17 @@ torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 # The local copies of real datasets (``../shared/data``); tests that need them skip without.
 SHARED_DATA = Path(os.environ.get("ODELAB_SHARED_DATA", ROOT.parent / "shared" / "data"))
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory):
+    """CIFAR-10 and CIFAR-100 written in their canonical formats, a few images per batch."""
+    from canonical_data import write_cifar10, write_cifar100
+
+    root = tmp_path_factory.mktemp("data")
+    write_cifar10(root, n_per_batch=10)
+    write_cifar100(root, n_train=20, n_test=10)
+    return root
 
 
 @pytest.fixture(scope="module")
@@ -68,3 +81,11 @@ def run_experiment(tmp_path):
         return run(cfg), out
 
     return _run
+
+
+def run_cli(*args: str, env: dict | None = None, timeout: int = 300):
+    """``python run.py <args>`` in a subprocess at the checkout, W&B offline, errors as the user
+    sees them (no Hydra traceback); ``env`` adds variables."""
+    env = {**os.environ, "WANDB_MODE": "offline", "HYDRA_FULL_ERROR": "0", **(env or {})}
+    return subprocess.run([sys.executable, "run.py", *args], cwd=ROOT, capture_output=True,
+                          text=True, timeout=timeout, env=env)  # fmt: skip

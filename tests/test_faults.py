@@ -18,7 +18,7 @@ import pytest
 import torch
 from test_train import TINY
 
-from conftest import ROOT
+from conftest import ROOT, run_cli
 from odelab.utils.checkpoint import (
     AtomicCheckpointIO,
     checkpoint_position,
@@ -40,21 +40,8 @@ def results(out: Path) -> dict:
 
 
 def _cli(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
-    env = {
-        **os.environ,
-        "WANDB_MODE": "offline",
-        "HYDRA_FULL_ERROR": "0",
-        "OMP_NUM_THREADS": "1",
-        "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]),
-    }
-    return subprocess.run(
-        [sys.executable, "run.py", *args],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=env,
-    )
+    path = os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])  # fault_callbacks
+    return run_cli(*args, env={"OMP_NUM_THREADS": "1", "PYTHONPATH": path}, timeout=timeout)
 
 
 def _signal_at(step: int, sig: str) -> list[str]:

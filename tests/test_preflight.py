@@ -6,15 +6,12 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-from conftest import CONF, ROOT, SHARED_DATA, compose
+from conftest import CONF, SHARED_DATA, compose, run_cli
 from odelab.preflight import (
     PreflightError,
     accepted_keys,
@@ -39,16 +36,7 @@ def problems(overrides: list[str], tmp_path: Path, **kwargs) -> list[str]:
         return check_run(cfg, local=False, **kwargs)
 
 
-def _cli(*args: str, env: dict | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
-    env = {**os.environ, "WANDB_MODE": "offline", "HYDRA_FULL_ERROR": "0", **(env or {})}
-    return subprocess.run(
-        [sys.executable, "run.py", *args],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=env,
-    )
+_cli = run_cli
 
 
 @pytest.fixture(scope="module")

@@ -73,17 +73,6 @@ def test_sweep_tables_name_existing_experiments_and_compose(table):
         assert cfg.hydra.launcher.tasks_per_node == cfg.trainer.devices
 
 
-@pytest.fixture(scope="module")
-def tiny_cifar(tmp_path_factory):
-    """CIFAR-10 and CIFAR-100 in their canonical formats: the dry run's preflight checks them."""
-    from canonical_data import write_cifar10, write_cifar100
-
-    root = tmp_path_factory.mktemp("data")
-    write_cifar10(root, n_per_batch=10)
-    write_cifar100(root, n_train=20, n_test=10)
-    return root
-
-
 def _sweep(*args: str, data_dir=None, env=None) -> subprocess.CompletedProcess:
     env = {**os.environ, "ODELAB_PYTHON": sys.executable, **(env or {})}
     if data_dir is not None:
@@ -93,9 +82,9 @@ def _sweep(*args: str, data_dir=None, env=None) -> subprocess.CompletedProcess:
     )
 
 
-def test_sweep_sh_dry_run_and_unknown_table(tiny_cifar):
+def test_sweep_sh_dry_run_and_unknown_table(tiny_data):
     # the dry run now runs the preflight, which checks the data: give it data (issue 19)
-    p = _sweep("--dry-run", "lm_resnet_sd_table", "trainer.max_epochs=1", data_dir=tiny_cifar)
+    p = _sweep("--dry-run", "lm_resnet_sd_table", "trainer.max_epochs=1", data_dir=tiny_data)
     assert p.returncode == 0, p.stderr
     cmds = [line for line in p.stdout.splitlines() if line.startswith("sweep ")]
     assert len(cmds) == len(load_sweep("lm_resnet_sd_table")["runs"]) == 2
@@ -159,12 +148,12 @@ def test_slurm_scripts_parse_and_print_usage():
     assert p.returncode == 2 and "start|stop|status" in p.stderr
 
 
-def test_sweep_sh_dry_run_checks_every_job_and_refuses_a_swept_key(tiny_cifar, tmp_path):
-    p = _sweep("--dry-run", "lm_resnet_sd_table", "seed=5", data_dir=tiny_cifar)
+def test_sweep_sh_dry_run_checks_every_job_and_refuses_a_swept_key(tiny_data, tmp_path):
+    p = _sweep("--dry-run", "lm_resnet_sd_table", "seed=5", data_dir=tiny_data)
     assert p.returncode == 2 and "sweep " not in p.stdout  # nothing printed as submitted
     assert "nothing was submitted" in p.stderr
     assert "seed=5 (the table sets seed=0,1,2) would replace a key the table sets" in p.stderr
-    p = _sweep("--dry-run", "lm_resnet_sd_table", "trainer.max_epochs=abc", data_dir=tiny_cifar)
+    p = _sweep("--dry-run", "lm_resnet_sd_table", "trainer.max_epochs=abc", data_dir=tiny_data)
     assert p.returncode == 2 and "jobs 0, 1, 2, 3, 4, 5: trainer.max_epochs='abc'" in p.stderr
     p = _sweep("--dry-run", "lm_resnet_sd_table", data_dir=tmp_path / "nothing")
     assert p.returncode == 2 and "CIFAR-100: 3 data file(s) not usable" in p.stderr

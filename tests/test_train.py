@@ -52,17 +52,6 @@ def results(out: Path) -> dict:
     return json.loads((out / "results.json").read_text())
 
 
-@pytest.fixture(scope="module")
-def tiny_data(tmp_path_factory):
-    """CIFAR-10 and CIFAR-100 written in their canonical formats, a few images per batch."""
-    from canonical_data import write_cifar10, write_cifar100
-
-    root = tmp_path_factory.mktemp("data")
-    write_cifar10(root, n_per_batch=10)
-    write_cifar100(root, n_train=20, n_test=10)
-    return root
-
-
 def _covered_experiments() -> dict[str, str]:
     """experiment -> the test module whose ``COVERED_EXPERIMENTS`` lists it."""
     import ast
