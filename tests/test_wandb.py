@@ -38,7 +38,10 @@ def test_sigterm_of_a_run_and_its_wandb_service_prints_one_line(tmp_path):
     its checkpoint and W&B says so in one warning line, not an atexit traceback of the lost
     connection."""
     out = tmp_path / "run"
-    env = {**os.environ, "WANDB_MODE": "offline", "PYTHONPATH": str(ROOT / "src")}
+    # its own W&B service, as a job has (an in-process W&B run of an earlier test leaves
+    # WANDB_SERVICE in this environment, which would make the run reuse that test's service)
+    env = {k: v for k, v in os.environ.items() if k != "WANDB_SERVICE"}
+    env.update(WANDB_MODE="offline", PYTHONPATH=str(ROOT / "src"))
     args = ["experiment=lm_resnet_mnist", "logger=wandb", "data.train_subset=256",
             "data.test_subset=64", "data.val_size=32", "data.batch_size=32",
             "model.net.depth=8", "model.net.widths=[4,4,4]", "trainer.max_epochs=1000",

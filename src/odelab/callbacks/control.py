@@ -57,11 +57,9 @@ class StopAfterEpochs(pl.Callback):
 class PreemptionCheckpoint(pl.Callback):
     """On SIGTERM during ``fit`` save ``<default_root_dir>/hpc_ckpt_<n>.ckpt`` before exiting.
 
-    SLURM sends SIGTERM on preemption, requeue, cancel and at the time limit (then SIGKILL after
-    ``KillWait``); Lightning stops after the batch and this saves its state, atomically
-    (``AtomicCheckpointIO``), so a restart in the dir loses at most one batch. Requeueing is not
-    done here (a SIGTERM may be a cancel): ``--signal=USR1@90`` does it (``slurm/README.md``).
-    """
+    SLURM sends SIGTERM on preemption, requeue, cancel and at the time limit; Lightning stops
+    after the batch and this saves its state atomically, so a restart loses at most one batch.
+    Requeueing is ``--signal=USR1@90``'s job (``slurm/README.md``): a SIGTERM may be a cancel."""
 
     def __init__(self) -> None:
         self.saved: dict[int, str] = {}  # id(exception) -> the checkpoint saved for it
@@ -71,18 +69,12 @@ class PreemptionCheckpoint(pl.Callback):
         runs) and return the path; ``None`` for any other exception."""
         from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-        from odelab.utils.checkpoint import next_hpc_checkpoint
+        from odelab.utils.checkpoint import save_hpc_checkpoint
 
         if not isinstance(exception, SIGTERMException) or trainer.state.fn != "fit":
             return None
         if id(exception) not in self.saved:
-            # one name on every rank: rank 0 picks it (the listing changes once it has written)
-            path = trainer.strategy.broadcast(str(next_hpc_checkpoint(trainer.default_root_dir)))
-            trainer.save_checkpoint(path)
-            self.saved[id(exception)] = path
-            if trainer.is_global_zero:
-                log.warning("SIGTERM: saved %s (epoch %d, step %d); a restart in this dir resumes "
-                            "it", path, trainer.current_epoch, trainer.global_step)  # fmt: skip
+            self.saved[id(exception)] = save_hpc_checkpoint(trainer, "SIGTERM")
         return self.saved[id(exception)]
 
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception) -> None:

@@ -152,6 +152,17 @@ def next_hpc_checkpoint(output_dir: str | os.PathLike) -> Path:
     return Path(output_dir) / f"hpc_ckpt_{max(numbers) + 1}.ckpt"
 
 
+def save_hpc_checkpoint(trainer, why: str) -> str:
+    """Save the trainer's state as the next ``hpc_ckpt_<n>.ckpt`` of its output dir (one name on
+    every rank: rank 0 picks it, the listing changes once it has written); return the path."""
+    path = trainer.strategy.broadcast(str(next_hpc_checkpoint(trainer.default_root_dir)))
+    trainer.save_checkpoint(path)
+    if trainer.is_global_zero:
+        log.warning("%s: saved %s (epoch %d, step %d); a restart in this dir resumes it", why,
+                    path, trainer.current_epoch, trainer.global_step)  # fmt: skip
+    return path
+
+
 def checkpoint_position(path: str | os.PathLike) -> dict[str, Any] | None:
     """``{"path", "epoch", "global_step"}`` of a readable checkpoint (mmap: the tensors are not
     read); ``None`` when it cannot be read."""
