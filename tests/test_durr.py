@@ -437,17 +437,11 @@ def test_two_stages_through_restorer_ckpt(run_experiment, tiny_restoration):
     assert any(not torch.equal(s1[k], s2[k]) for k in s1 if k.startswith("policy."))
 
 
-# ---- the CPU-scale studies (experiments/durr/lite_table.py, kept records) ---------------------
+# ---- the CPU-scale studies (odelab.papers.durr.study, the lite_study view, kept records) -----
 def _lite_table():
-    import importlib.util
+    from odelab.papers.durr import study
 
-    from conftest import ROOT
-
-    path = ROOT / "experiments" / "durr" / "lite_table.py"
-    spec = importlib.util.spec_from_file_location("durr_lite_table", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return study
 
 
 def _record(role: str, task: str, seed: int, cells: dict, train=(10, 35)) -> dict:

@@ -42,4 +42,4 @@ for study in $STUDIES; do
     one bm3d_denoise_lite 0
   fi
 done
-"$PY" experiments/durr/lite_table.py "$KEEP"
+"$PY" -m odelab.report durr --view=lite_study --from "$KEEP"

@@ -9,6 +9,9 @@ from typing import Any
 import lightning.pytorch as pl
 import numpy as np
 import torch
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+from odelab.utils.checkpoint import save_hpc_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -67,10 +70,6 @@ class PreemptionCheckpoint(pl.Callback):
     def save_for(self, trainer: pl.Trainer, exception: BaseException) -> str | None:
         """Save once per SIGTERM during fit (the results record asks before ``on_exception``
         runs) and return the path; ``None`` for any other exception."""
-        from lightning.pytorch.utilities.exceptions import SIGTERMException
-
-        from odelab.utils.checkpoint import save_hpc_checkpoint
-
         if not isinstance(exception, SIGTERMException) or trainer.state.fn != "fit":
             return None
         if id(exception) not in self.saved:

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from odelab.report.plots import finish, group_label, pyplot
 from odelab.report.table import PaperReport
+from odelab.report.views import View
 
 # not the psnr_oracle_/psnr_sched_ variants; s: noise σ, q: JPEG quality factor
 KEY = {kind: re.compile(rf"^test/psnr_([A-Za-z0-9]+)_{kind}(\d+)$") for kind in "sq"}
@@ -199,3 +200,9 @@ def plot_steps(cells: dict[str, dict], path: Path) -> Path:
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
+
+
+def views() -> list[View]:
+    from odelab.papers.durr.study import lite_study
+
+    return [View("lite_study", ("runs/lite_seeds",), lite_study)]

@@ -16,14 +16,14 @@ The paper's three claims, checked per seed and per test set:
 - (c) at every seen level the learned stopping is within 0.3 dB of the oracle T (the best
   single T per cell, non-blind).
 
-Usage: python experiments/durr/lite_table.py [experiments/durr/runs/lite_seeds]
+The report's view ``lite_study`` (``python -m odelab.report durr --view=lite_study``) renders
+them from ``experiments/durr/runs/lite_seeds``.
 """
 
 from __future__ import annotations
 
 import json
 import statistics
-import sys
 from pathlib import Path
 
 ROLES = {"DURRModule": "durr", "FeedForwardRestorer": "dncnn", "BM3DBaseline": "bm3d"}
@@ -190,21 +190,18 @@ def markdown_claims(rows: list[dict], task: str) -> list[str]:
     return lines
 
 
-def main(folder: str | Path = Path(__file__).parent / "runs" / "lite_seeds") -> dict:
-    """Print both studies' tables and claim checks; return ``{task: claims}``."""
-    records = load_records(folder)
-    out = {}
+def lite_study(runs, out_dir: Path) -> str:
+    """The ``lite_study`` view: per study (denoise, jpeg) the mean ± std table over seeds and the
+    claim lines per seed, from the finished runs' records."""
+    records = [{"experiment": r.experiment, "seed": r.seed, "config": r.config,
+                "metrics": r.metrics, **r.extra} for r in runs
+               if "cells" in (r.extra.get("restoration") or {})]  # fmt: skip
+    out = []
     for task in ("denoise", "jpeg"):
         rows = study_rows(records, task)
         if not rows:
             continue
         seeds = sorted({r.get("seed") for r in records if r["config"]["data"]["task"] == task})
-        print(f"## {task} (seeds {seeds})\n")
-        print("\n".join(markdown_table(rows, task)) + "\n")
-        out[task] = claims(records, task)
-        print("\n".join(markdown_claims(out[task], task)) + "\n")
-    return out
-
-
-if __name__ == "__main__":
-    main(*sys.argv[1:2])
+        out += [f"## {task} (seeds {seeds})", "", *markdown_table(rows, task), ""]
+        out += [*markdown_claims(claims(records, task), task), ""]
+    return "\n".join(out)
