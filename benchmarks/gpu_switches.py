@@ -40,6 +40,8 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
+from gpu_speed import count_flops, peak_for  # noqa: E402  (the datasheet peaks, FLOP counting)
+
 from odelab.data.transforms import normalize, random_crop_flip  # noqa: E402
 from odelab.papers.lm_resnet import LMResNet  # noqa: E402
 
@@ -54,8 +56,6 @@ OPTIONS = {
     "compile_cudagraphs": (True, True, False, "reduce-overhead"),
 }
 RECIPE_SAFE = ("eager_fp32", "eager_tf32", "channels_last", "compile", "compile_cudagraphs")
-# dense tensor-core peak TFLOP/s (TF32, bf16) of SXM parts, NVIDIA datasheets (recalled)
-PEAK_TFLOPS = {"H200": (494.7, 989.4), "H100": (494.7, 989.4), "A100": (156.0, 312.0)}
 RUN_OVERRIDES = {  # the run.py keys that give each switch (speed.* are run-local)
     "eager_fp32": "speed.matmul_precision=highest (+ torch.backends.cudnn.allow_tf32=False)",
     "eager_tf32": "speed.matmul_precision=high",
@@ -125,12 +125,9 @@ class Trainer:
 
 
 def flops_per_image() -> float:
-    from torch.utils.flop_counter import FlopCounterMode
-
+    """Training FLOPs (forward + backward) per 32x32 image of LM-ResNet-20."""
     net = LMResNet(depth=20, num_classes=10, in_channels=3).train()
-    with FlopCounterMode(display=False) as fc:
-        net(torch.randn(8, 3, 32, 32)).sum().backward()
-    return fc.get_total_flops() / 8
+    return count_flops(net, torch.randn(8, 3, 32, 32)) / 8
 
 
 def measure(option: str, a) -> dict:
@@ -217,8 +214,7 @@ def main() -> None:
         n = r.get("processes", 1)
         ips = n * images / r["s_per_epoch"]
         tflops = fpi * ips / 1e12
-        tf32, half = next((v for k, v in PEAK_TFLOPS.items() if k in name), (None, None))
-        peak = a.peak_tflops or (half if key == "bf16" else tf32)
+        peak = a.peak_tflops or peak_for(name, "bf16" if key == "bf16" else "fp32")
         frac = f"{tflops / peak:.4f}" if peak else "n/a"
         rel = f"{r['s_per_epoch'] / base:.3f}" if base else "n/a"
         over = RUN_OVERRIDES.get(key, "two runs on one GPU (campaign gpu_share 0.5)")

@@ -36,6 +36,7 @@ import subprocess
 import sys
 import tarfile
 import time
+from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
@@ -171,16 +172,15 @@ def _type_name(t) -> str:
     return " or ".join(x.__name__ for x in t) if isinstance(t, tuple) else t.__name__
 
 
-def run_overrides(plan: Plan, entry: Entry, run_dir: Path, data_dir: Path) -> list[str]:
+def run_overrides(
+    plan: Plan, entry: Entry, data_dir: Path, run_dir: Path | None = None
+) -> list[str]:
     """The Hydra overrides of one entry's run: the plan's common ones, the entry's, then where
-    it runs (the run dir and the data dir are run-local: the report ignores them)."""
-    return [
-        f"experiment={entry.experiment}",
-        *plan.overrides,
-        *entry.overrides,
-        f"paths.data_dir={data_dir}",
-        f"hydra.run.dir={run_dir}",
-    ]
+    it runs (the data dir and, for ``run.py``, the run dir: run-local, the report ignores them);
+    without ``run_dir`` what the compose API takes."""
+    where = [f"hydra.run.dir={run_dir}"] if run_dir is not None else []
+    return [f"experiment={entry.experiment}", *plan.overrides, *entry.overrides,
+            f"paths.data_dir={data_dir}", *where]  # fmt: skip
 
 
 def check_plan(plan: Plan, data_dir: Path, entries: list[Entry] | None = None) -> dict[str, str]:
@@ -197,9 +197,8 @@ def check_plan(plan: Plan, data_dir: Path, entries: list[Entry] | None = None) -
                 hint = f"; closest: {', '.join(close)}" if close else ""
                 problems.append(f"{e.id}: unknown experiment '{e.experiment}'{hint}")
                 continue
-            ovr = run_overrides(plan, e, Path("/tmp/campaign-check") / e.id, data_dir)
             try:
-                cfg = compose_config([o for o in ovr if not o.startswith("hydra.")])
+                cfg = compose_config(run_overrides(plan, e, data_dir))
                 papers[e.id] = str(cfg.paper)
             except Exception as err:  # Hydra's message names the bad override
                 problems.append(f"{e.id}: the overrides do not compose: {err}")
@@ -229,6 +228,7 @@ def read_status(run_dir: Path) -> dict[str, Any]:
             data = json.loads(res.read_text())
             info.update(
                 status=data.get("status"),
+                paper=data.get("paper"),
                 epochs=data.get("epochs"),
                 global_step=data.get("global_step"),
                 metrics=data.get("metrics", {}),
@@ -237,9 +237,11 @@ def read_status(run_dir: Path) -> dict[str, Any]:
             info["status"] = "unreadable"
     elif (run_dir / "command.done").is_file():
         info["status"] = "done"
-    ckpts = [*run_dir.glob("hpc_ckpt_*.ckpt"), *(run_dir / "checkpoints").glob("*.ckpt")]
-    if ckpts:
-        info["checkpoint"] = str(max(ckpts, key=lambda p: p.stat().st_mtime_ns))
+    from odelab.utils.checkpoint import resume_candidates
+
+    newest = resume_candidates(run_dir)
+    if newest:
+        info["checkpoint"] = str(newest[0])
     return info
 
 
@@ -306,7 +308,7 @@ class Runner:
             return ["bash", "-c", e.command.format(run_dir=run_dir, data_dir=self.data_dir,
                                                    python=self.python)]  # fmt: skip
         return [self.python, str(REPO_ROOT / "run.py"),
-                *run_overrides(self.plan, e, run_dir, self.data_dir)]  # fmt: skip
+                *run_overrides(self.plan, e, self.data_dir, run_dir)]  # fmt: skip
 
     def start(self, e: Entry) -> None:
         run_dir = self.runs_dir / e.id
@@ -345,7 +347,7 @@ class Runner:
         self.stopping = True
         for p, e, _ in self.running.values():
             self.note(e, "budget reached: SIGTERM")
-            with _quiet():
+            with suppress(ProcessLookupError, PermissionError):
                 os.killpg(p.pid, signal.SIGTERM)
         end = time.monotonic() + self.grace_s
         while self.running and time.monotonic() < end:
@@ -353,7 +355,7 @@ class Runner:
             self.reap()
         for p, e, _ in self.running.values():
             self.note(e, "no exit after SIGTERM: SIGKILL")
-            with _quiet():
+            with suppress(ProcessLookupError, PermissionError):
                 os.killpg(p.pid, signal.SIGKILL)
             p.wait()
         self.reap()
@@ -364,7 +366,7 @@ class Runner:
         return self.budget_s - self.reserve_s - self.grace_s
 
     def run(self, entries: list[Entry]) -> None:
-        self.queue = queue = list(entries)
+        self.queue = queue = list(entries)  # reap() puts retries at its front
         while queue or self.running:
             self.reap()
             deadline = self.deadline()
@@ -392,14 +394,6 @@ class Runner:
         self.reap()
 
 
-class _quiet:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return exc[0] is not None and issubclass(exc[0], ProcessLookupError | PermissionError)
-
-
 # -- packing ----------------------------------------------------------------------------------
 def record_files(run_dir: Path, keep: list[str]) -> list[Path]:
     """What travels back for one run: results.json, the hydra config, the run log and the
@@ -407,7 +401,7 @@ def record_files(run_dir: Path, keep: list[str]) -> list[Path]:
     names = ["results.json", "run.log", ".hydra/config.yaml", ".hydra/overrides.yaml", *keep]
     out: list[Path] = []
     for n in names:
-        for f in sorted(run_dir.glob(n)) if any(c in n for c in "*?[") else [run_dir / n]:
+        for f in sorted(run_dir.glob(n)):
             if f.is_file() and f.suffix != ".ckpt" and f not in out:
                 out.append(f)
     return out
@@ -435,7 +429,7 @@ def pack(plan: Plan, runner_events: list[dict], runs_dir: Path, out: Path,
             if not run_dir.is_dir():
                 continue
             info = read_status(run_dir)
-            info["paper"] = papers.get(e.id)
+            info["paper"] = info.get("paper") or papers.get(e.id)
             info["partial"] = e.partial
             summary["runs"][e.id] = info
             for f in record_files(run_dir, e.keep):
@@ -501,6 +495,8 @@ def keep(from_dir: Path, experiments_dir: Path = REPO_ROOT / "experiments") -> l
     """Unpack ``records.tar.gz`` (+ ``summary.json``) returned by a device call into
     ``experiments/<paper>/runs/gpu/<plan>/<id>/``; a record already there is kept as
     ``results.<stamp>.json`` (the report skips those)."""
+    from odelab.utils.record import keep_previous
+
     summary = json.loads((from_dir / "summary.json").read_text())
     plan = summary["plan"]
     kept = []
@@ -518,9 +514,8 @@ def keep(from_dir: Path, experiments_dir: Path = REPO_ROOT / "experiments") -> l
                     continue
                 target = dest.joinpath(*parts[1:])
                 target.parent.mkdir(parents=True, exist_ok=True)
-                if target.name == "results.json" and target.is_file():
-                    stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(target.stat().st_mtime))
-                    target.replace(target.with_name(f"results.{stamp}.json"))
+                if target.name == "results.json":
+                    keep_previous(target)
                 with tar.extractfile(m) as src, open(target, "wb") as f:
                     shutil.copyfileobj(src, f)
                 if target.name == "results.json":
@@ -551,10 +546,10 @@ def data_files(plan: Plan, data_dir: Path) -> list[Path]:
             p = data_dir / n
             groups.setdefault(n, [f for f in sorted(p.rglob("*")) if f.is_file()] if p.is_dir()
                               else [p] if p.is_file() else [])  # fmt: skip
-    files: list[Path] = []
+    files: dict[Path, None] = {}  # ordered, each file once
     for fs in sorted(groups.values(), key=lambda fs: sum(f.stat().st_size for f in fs)):
-        files += [f for f in fs if f not in files]
-    return files
+        files.update(dict.fromkeys(fs))
+    return list(files)
 
 
 def prepare(plan: Plan, data_dir: Path, dest: Path, wheels: bool = True) -> dict:
@@ -575,7 +570,7 @@ def prepare(plan: Plan, data_dir: Path, dest: Path, wheels: bool = True) -> dict
     for e in plan.ordered():
         if e.experiment is None:
             continue
-        cfg = compose_config(run_overrides(plan, e, dest / "tmp", data_dir)[:-1])
+        cfg = compose_config(run_overrides(plan, e, data_dir))
         dm = hydra.utils.instantiate(cfg.data)
         cache = getattr(dm, "cache_file", None)
         if cache is None:
@@ -592,7 +587,8 @@ def prepare(plan: Plan, data_dir: Path, dest: Path, wheels: bool = True) -> dict
     items += [(str(f.relative_to(data_dir)), f) for f in data_files(plan, data_dir)]
     part, size, n = None, 0, 0
     for rel, f in items:
-        blob = lzma.compress(f.read_bytes(), preset=6)
+        raw = f.read_bytes()
+        blob = lzma.compress(raw, preset=6)
         if part is None or size + len(blob) > PART_MAX:
             n += 1
             part, size = dest / f"part{n:02d}", 0
@@ -603,21 +599,16 @@ def prepare(plan: Plan, data_dir: Path, dest: Path, wheels: bool = True) -> dict
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_bytes(blob)
         size += len(blob)
-        md5 = hashlib.md5(f.read_bytes()).hexdigest()
-        manifest["files"][rel] = {"part": part.name, "md5": md5,
-                                  "bytes": f.stat().st_size}  # fmt: skip
-        log.info(
-            "%s: %s (%.1f -> %.1f MiB)",
-            part.name,
-            rel,
-            f.stat().st_size / 2**20,
-            len(blob) / 2**20,
-        )
+        md5 = hashlib.md5(raw).hexdigest()
+        manifest["files"][rel] = {"part": part.name, "md5": md5, "bytes": len(raw)}
+        log.info("%s: %s (%.1f -> %.1f MiB)", part.name, rel, len(raw) / 2**20, len(blob) / 2**20)
     if wheels:  # shared by every plan's folder: .device/wheels
         w = dest.parent / "wheels"
         w.mkdir(exist_ok=True)
         _download_wheels(w)
-    manifest["commit"] = _git_commit()  # the device gets a copy of the tree without .git
+    from odelab.utils.provenance import git_commit
+
+    manifest["commit"] = git_commit()  # the device gets a copy of the tree without .git
     (dest / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
     return manifest
 
@@ -656,12 +647,6 @@ def carry_table(dest: Path, plan: Plan) -> str:
         f"  each call: {last} (or `... device.sh unpack`); experiments/campaign/README.md"
     )
     return "\n".join(lines)
-
-
-def _git_commit() -> str | None:
-    from odelab.utils.provenance import git_commit
-
-    return git_commit()
 
 
 def _download_wheels(dest: Path) -> None:
@@ -718,16 +703,19 @@ def _unpack_one(src: Path, data_dir: Path) -> list[str]:
 # -- CLI ------------------------------------------------------------------------------------
 def _table(
     plan: Plan, runs_dir: Path, data_dir: Path, budget_min: float
-) -> tuple[str, list[Entry]]:
-    rows, runnable = [], []
+) -> tuple[str, list[Entry], list[Entry]]:
+    """The plan as a table, the entries that can run now and those not done yet."""
+    rows, runnable, todo = [], [], []
     for e in plan.ordered():
         info = read_status(runs_dir / e.id)
         data_ok = all(_present(data_dir / n) for n in e.needs)
         state = (
             info["status"] if info["status"] != "new" else ("new" if data_ok else "waits for data")
         )
-        if not is_done(info) and data_ok:
-            runnable.append(e)
+        if not is_done(info):
+            todo.append(e)
+            if data_ok:
+                runnable.append(e)
         rows.append((e, state, info))
     sim = simulate(plan, budget_min, runnable)
     lines = [f"plan {plan.name} ({plan.path}): budget {budget_min:g} min, runs in {runs_dir}",
@@ -747,7 +735,7 @@ def _table(
         lines.append("| " + " | ".join([*cells, when]) + " |")
     total = sum(e.expected_min * e.gpu_share for e in runnable)
     lines.append(f"GPU-minutes expected for what is left: {total:.1f} (share-weighted)")
-    return "\n".join(lines), runnable
+    return "\n".join(lines), runnable, todo
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -823,25 +811,24 @@ def main(argv: list[str] | None = None) -> int:
             )
             print(carry_table(dest, plan))
             return 0
-        table, runnable = _table(plan, runs_dir, data_dir, budget)
+        running = a.cmd == "run" and not a.dry_run
+        if running:
+            out = Path(a.out)
+            out.mkdir(parents=True, exist_ok=True)
+            fh = logging.FileHandler(out / "campaign.log")
+            fh.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+            log.addHandler(fh)
+            for r in restore(Path(a.resume_from), runs_dir) if a.resume_from else []:
+                log.info("restored %s", r)  # before the table: a restored run shows its epoch
+        table, runnable, todo = _table(plan, runs_dir, data_dir, budget)
         print(table, flush=True)
-        todo = [e for e in plan.entries if not is_done(read_status(runs_dir / e.id))]
         skip = a.cmd == "run" and a.skip_missing_data
         papers = check_plan(plan, data_dir, runnable if skip else todo)
-        if a.cmd == "check" or a.dry_run:
+        if not running:
             print(f"plan ok: {len(papers)} experiment entries compose; data checked in {data_dir}")
             return 0
-        out = Path(a.out)
-        out.mkdir(parents=True, exist_ok=True)
-        fh = logging.FileHandler(out / "campaign.log")
-        fh.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
-        log.addHandler(fh)
-        if a.resume_from:
-            for r in restore(Path(a.resume_from), runs_dir):
-                log.info("restored %s", r)
         runner = Runner(plan, runs_dir, data_dir, budget, grace_s=a.grace_s)
         runner.run(runnable)
-        papers.update({e.id: p for e in plan.entries if (p := _paper_of(runs_dir / e.id))})
         files = pack(plan, runner.events, runs_dir, out, papers)
         print(_table(plan, runs_dir, data_dir, 0.0)[0])
         print("packed: " + ", ".join(f.name for f in [*files, out / "campaign.log"]))
@@ -857,13 +844,6 @@ def main(argv: list[str] | None = None) -> int:
     except PlanError as e:
         print(f"campaign: {e}", file=sys.stderr)
         return 2
-
-
-def _paper_of(run_dir: Path) -> str | None:
-    try:
-        return json.loads((run_dir / "results.json").read_text()).get("paper")
-    except (OSError, ValueError):
-        return None
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 
 # torch/lightning are imported inside the functions that need them: `run.py --help` and config
 # errors answer in about a second instead of after the ~5-15 s import of lightning (startup.py)
-from odelab.utils.config import register_resolvers, to_container
+from odelab.utils.config import CONFIG_DIR, register_resolvers, to_container
 from odelab.utils.errors import ReportedError, exit_code, storage_error, to_log_file
 from odelab.utils.wandb import finish as finish_wandb
 from odelab.utils.wandb import start_logger
@@ -171,7 +171,7 @@ def _run_in(cfg: DictConfig, out: Path) -> float | None:
 
 @hydra.main(
     version_base="1.3",
-    config_path=str(Path(__file__).resolve().parents[2] / "conf"),
+    config_path=str(CONFIG_DIR),
     config_name="config",
 )
 def main(cfg: DictConfig) -> float | None:

@@ -31,6 +31,7 @@ from odelab.utils.errors import storage_error
 from odelab.utils.provenance import git_commit, hardware
 from odelab.utils.record import (
     interruption,
+    keep_previous,
     load_reference,
     number,
     reference_rows,
@@ -210,14 +211,6 @@ class ResultsWriter(pl.Callback):
             **self.extra,
         }
 
-    def _keep_previous(self) -> None:
-        """A ``results.json`` left by an earlier run in this directory is renamed, never lost."""
-        if self.path.exists() and not self._wrote:
-            stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(self.path.stat().st_mtime))
-            backup = self.path.with_name(f"{self.path.stem}.{stamp}{self.path.suffix}")
-            os.replace(self.path, backup)
-            log.info("earlier results kept as %s", backup)
-
     def write(self, trainer: pl.Trainer, status: str) -> None:
         if not trainer.is_global_zero:
             return
@@ -225,7 +218,8 @@ class ResultsWriter(pl.Callback):
         tmp = self.path.with_name(self.path.name + ".tmp")
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._keep_previous()
+            if not self._wrote:  # a record of an earlier run in this dir: renamed, never lost
+                keep_previous(self.path)
             self._wrote = True
             tmp.write_text(text)
             os.replace(tmp, self.path)

@@ -7,12 +7,12 @@ import os
 import platform
 import subprocess
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import lightning.pytorch as pl
-import torch
+from odelab.utils.config import REPO_ROOT
 
-REPO_ROOT = Path(__file__).resolve().parents[3]
+if TYPE_CHECKING:
+    import lightning.pytorch as pl
 
 
 @functools.cache
@@ -43,6 +43,9 @@ def git_commit(root: Path = REPO_ROOT) -> str | None:
 
 
 def hardware(trainer: pl.Trainer) -> dict[str, Any]:
+    """The machine a run ran on, as its record names it."""
+    import torch
+
     info: dict[str, Any] = {
         "platform": platform.platform(),
         "cpu_count": os.cpu_count(),

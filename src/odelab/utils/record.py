@@ -13,6 +13,7 @@ import json
 import logging
 import math
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -146,6 +147,18 @@ def ckpt_to_test(cfg: DictConfig, trainer) -> str | None:
             return in_memory_ckpt(trainer)
         return in_dir(path, ckpt.dirpath) if ckpt.dirpath else path
     return choice
+
+
+def keep_previous(path: Path) -> Path | None:
+    """Rename a record at ``path`` to ``<stem>.<its mtime>.json`` (a superseded record: the
+    report skips it), so a newer one can take its place and nothing is lost; the new name."""
+    if not path.exists():
+        return None
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(path.stat().st_mtime))
+    backup = path.with_name(f"{path.stem}.{stamp}{path.suffix}")
+    os.replace(path, backup)
+    log.info("earlier results kept as %s", backup)
+    return backup
 
 
 # -- the record's contents -----------------------------------------------------------------
